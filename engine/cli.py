@@ -1,0 +1,207 @@
+"""`fea ...`: each subcommand parses its flags and calls one library function.
+
+Heavy modules (torch, ray, vllm, trl) are imported inside the handlers so `fea --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# ---------------------------------------------------------------- data and verifier
+def _score(args: argparse.Namespace) -> int:
+    from engine.scoring import score_jsonl
+
+    _print_json(score_jsonl(args.input, args.out, policy=args.policy))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from engine.dataset import import_fea20k
+
+    _print_json(import_fea20k(args.jsonl, args.image_root, args.out))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from engine.dataset import export_committed
+
+    _print_json(export_committed(args.uri, args.out, kind="rejected" if args.rejected else "accepted"))
+    return 0
+
+
+def _faces(args: argparse.Namespace) -> int:
+    from engine.faces import write_face_set
+
+    _print_json(write_face_set(args.out, n=args.n, seed=args.seed))
+    return 0
+
+
+def _model_tiny(args: argparse.Namespace) -> int:
+    from engine.tinymodel import build_tiny_model
+
+    print(build_tiny_model(args.out, seed=args.seed))
+    return 0
+
+
+# ---------------------------------------------------------------- synthesis
+SYNTH_FLAGS = {  # flag -> dotted config key
+    "input": "input", "image_root": "image_root", "out": "out", "model": "model.path", "adapter": "model.adapter",
+    "backend": "generation.backend", "generators": "generators", "filters": "filters",
+    "max_retries": "max_retries", "max_new_tokens": "generation.max_new_tokens", "policy": "verifier.policy",
+    "partition_size": "partition_size", "batch_size": "generation.batch_size", "progress": "progress",
+    "replay_path": "generation.replay_path", "job_id": "job_id",
+}
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from engine.config import SynthConfig, load_config
+    from engine.synth import run_synth
+
+    overrides = {key: getattr(args, flag) for flag, key in SYNTH_FLAGS.items()}
+    if args.no_hint:
+        overrides["hint"] = False
+    cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
+    summary = run_synth(cfg)
+    _print_json(summary)
+    return 0
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="Generate, filter and commit reasoning for labelled images.")
+    p.add_argument("--config", help="YAML file with a `synth:` section; flags override it.")
+    p.add_argument("--input", help="Canonical Parquet dataset or FEA-20K JSONL (local or s3://).")
+    p.add_argument("--image-root", dest="image_root", help="Image folder for JSONL input.")
+    p.add_argument("--model", help="Model folder (local or s3://).")
+    p.add_argument("--adapter", help="Optional LoRA adapter folder.")
+    p.add_argument("--out", help="Output prefix (local or s3://).")
+    p.add_argument("--backend", choices=["hf", "vllm", "replay"])
+    p.add_argument("--replay-path", dest="replay_path", help="Stored completions for the replay backend.")
+    p.add_argument("--generators", type=int)
+    p.add_argument("--filters", type=int)
+    p.add_argument("--max-retries", dest="max_retries", type=int)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--partition-size", dest="partition_size", type=int)
+    p.add_argument("--policy", choices=["strict", "paper"])
+    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
+    p.add_argument("--job-id", dest="job_id")
+    p.add_argument("--no-hint", action="store_true", help="Prompt without the label 'ground truth' block.")
+    p.set_defaults(handler=_synth)
+
+
+# ---------------------------------------------------------------- training, evaluation, loop
+def _train(args: argparse.Namespace) -> int:
+    from trainer.run import run_training
+
+    _print_json(run_training(args.stage, data=args.data, model=args.model, out=args.out,
+                             config_path=args.config, resume=args.resume, max_steps=args.max_steps))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainer.eval import run_eval_cli
+
+    _print_json(run_eval_cli(data=args.data, model=args.model, out=args.out, backend=args.backend,
+                             config_path=args.config, limit=args.limit))
+    return 0
+
+
+def _loop(args: argparse.Namespace) -> int:
+    from engine.loop import run_loop_from_file
+
+    _print_json(run_loop_from_file(args.config, resume=args.resume))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from engine.loop import run_demo
+
+    report = run_demo(args.out)
+    print(f"demo finished; report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fea", description="Facial-R1 engine: synthesis, training, evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="Score completions in an FEA-20K JSONL file with the verifier.")
+    p.add_argument("input")
+    p.add_argument("--out", required=True)
+    p.add_argument("--policy", choices=["strict", "paper"], default="strict")
+    p.set_defaults(handler=_score)
+
+    p = sub.add_parser("import", help="FEA-20K JSONL + images -> canonical Parquet (with quarantine).")
+    p.add_argument("--jsonl", required=True)
+    p.add_argument("--image-root", dest="image_root", required=True)
+    p.add_argument("--out", required=True, help="Local folder or s3:// prefix.")
+    p.set_defaults(handler=_import)
+
+    p = sub.add_parser("export", help="Committed synthesis output -> FEA-20K JSONL with images beside it.")
+    p.add_argument("uri")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rejected", action="store_true", help="Export the rejected samples instead.")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("faces", help="Render a synthetic labelled face set (FEA-20K JSONL + images).")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_faces)
+
+    p = sub.add_parser("model", help="Build models offline.")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    t = msub.add_parser("tiny", help="A tiny random Qwen2.5-VL with a locally trained tokenizer.")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(handler=_model_tiny)
+
+    _add_synth(sub)
+
+    p = sub.add_parser("train", help="SFT or GRPO on committed shards (TRL + PEFT).")
+    p.add_argument("stage", choices=["sft", "grpo"])
+    p.add_argument("--data", nargs="+", required=True, help="Synthesis outputs or canonical datasets (local or s3://).")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--config", help="YAML file with a `sft:` or `grpo:` section.")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("eval", help="Generate without hints and compute the paper's metrics.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--config", help="YAML file with an `eval:` section.")
+    p.add_argument("--limit", type=int, help="Evaluate the first N samples only.")
+    p.set_defaults(handler=_eval)
+
+    p = sub.add_parser("loop", help="Run Facial-R1 self-improvement rounds.")
+    p.add_argument("--config", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(handler=_loop)
+
+    p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
+    p.add_argument("--out", default="demo-out")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

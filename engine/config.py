@@ -1,0 +1,215 @@
+"""Typed configuration: one section per component, loaded from YAML, overridden from the command line.
+
+Every field carries a description (it doubles as CLI help); unknown keys are errors, so a typo in a
+YAML file fails loudly instead of silently using a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    path: str = Field("", description="Model folder: local path or s3:// prefix (copied once to a node-local cache).")
+    adapter: str | None = Field(None, description="Optional PEFT LoRA adapter folder (local or s3://) on top of `path`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto = bfloat16 on GPU, float32 on CPU for hf, bfloat16 for vllm.")
+
+
+class VerifierConfig(Section):
+    policy: Literal["strict", "paper"] = Field("strict", description="Acceptance policy for synthesis.")
+    au_weight: float = Field(1.0, description="Weight of R_AU in the total reward.")
+    acc_weight: float = Field(1.0, description="Weight of R_acc in the total reward.")
+    format_weight: float = Field(1.0, description="Weight of R_format in the total reward.")
+    acc_without_label: float = Field(0.5, description="R_acc for samples with no gold label (paper code: 0.5).")
+    total_clamp: float = Field(10.0, description="The total reward is clamped to [-clamp, clamp] (paper code: 10).")
+    forbidden_words: tuple[str, ...] = Field(("no", "not", "without", "maybe"),
+                                             description="Whole words that reject a think text (strict policy).")
+    hint_phrases: tuple[str, ...] = Field(
+        ("ground truth", "must identify", "as required", "the final answer must", "given labels", "provided labels"),
+        description="Phrases that show the label hint was echoed (strict policy), case-insensitive.")
+    min_think_words: int = Field(8, ge=0, description="Strict policy: shortest accepted think text, in words.")
+    max_think_words: int = Field(400, ge=1, description="Strict policy: longest accepted think text, in words.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "VerifierConfig":
+        if self.min_think_words > self.max_think_words:
+            raise ValueError(f"min_think_words ({self.min_think_words}) must be <= max_think_words ({self.max_think_words})")
+        return self
+
+
+class GenerationConfig(Section):
+    backend: Literal["hf", "vllm", "replay"] = Field("hf", description="Generator backend.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens generated per attempt at most.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the paper's synthesis).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    n: int = Field(1, ge=1, description="Completions per attempt; the first accepted one wins.")
+    seed: int = Field(0, description="Sampling seed.")
+    batch_size: int = Field(16, ge=1, description="Requests per generate call (hf) / per actor call (vllm).")
+    max_model_len: int = Field(2048, ge=256, description="vLLM context length.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM GPU memory share.")
+    enforce_eager: bool = Field(True, description="vLLM: skip graph capture (faster start; best on CPU).")
+    replay_path: str | None = Field(None, description="replay backend: JSONL/Parquet of stored completions.")
+
+
+class SynthConfig(Section):
+    input: str = Field("", description="Canonical Parquet dataset (local or s3://) or FEA-20K JSONL (with image_root).")
+    image_root: str | None = Field(None, description="Image folder for JSONL input.")
+    out: str = Field("", description="Output prefix: local folder or s3://bucket/prefix.")
+    job_id: str | None = Field(None, description="Defaults to a hash of the output prefix, stable across reruns.")
+    model: ModelConfig = ModelConfig()
+    generation: GenerationConfig = GenerationConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    generators: int = Field(1, ge=1, description="Generator actors (one per GPU on a cluster).")
+    filters: int = Field(1, ge=1, description="Filter actors.")
+    max_retries: int = Field(5, ge=0, description="Retries after the first attempt (paper: 5).")
+    hint: bool = Field(True, description="Label-conditioned prompt (the paper's 'ground truth' block).")
+    partition_size: int = Field(64, ge=1, description="Input samples per committed partition.")
+    inflight_batches_per_generator: int = Field(2, ge=1, description="Batches queued per generator actor.")
+    generator_num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per generator actor.")
+    generator_num_gpus: float = Field(0.0, ge=0.0, description="GPUs per generator actor (1 on a GPU cluster).")
+    progress: Literal["auto", "bar", "log", "off"] = Field("auto", description="auto: bar on a terminal, log lines otherwise.")
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the field and the rule."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                section: str | None = None) -> C:
+    """Build `cls` from a YAML file (optionally one top-level `section` of it) plus dotted overrides.
+
+    Overrides whose value is None are ignored, so argparse defaults of None mean "not given".
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        tree = raw.get(section, {}) if section else raw
+        if section and section not in raw:
+            raise ConfigError(f"{path}: no top-level section '{section}'")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as err:
+        where = f" in {path}" if path else ""
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid {cls.__name__}{where}:\n  " + "\n  ".join(lines)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- training and evaluation
+class DataSource(Section):
+    uri: str = Field(..., description="Synthesis output, canonical dataset or FEA-20K JSONL (local or s3://).")
+    weight: float = Field(1.0, gt=0.0, description="Relative sampling weight when several sources are mixed.")
+
+
+class LoraSection(Section):
+    enabled: bool = Field(True, description="Train a PEFT LoRA adapter; false = full fine-tuning.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        description="Module names that get adapters (language model; the vision tower is excluded when frozen).")
+
+
+class TrainSection(Section):
+    """What SFT and GRPO share: data, model, LoRA, optimiser, checkpoints, logging."""
+
+    data: tuple[DataSource, ...] = Field((), description="Training sources, mixed by weight (flags: --data/--weights).")
+    mix_stopping: Literal["all_exhausted", "first_exhausted"] = Field(
+        "all_exhausted", description="Mixed stream ends when every source (or the first source) has run out once.")
+    eval_data: tuple[DataSource, ...] = Field((), description="Optional held-out sources, evaluated every eval_steps.")
+    model: ModelConfig = ModelConfig()
+    out: str = Field("", description="Local output folder (checkpoints/, adapter/, merged/, runs/, checkpoint.json).")
+    round: int = Field(0, ge=0, description="Self-improvement round recorded in checkpoint.json.")
+    lora: LoraSection = LoraSection()
+    freeze_vision: bool = Field(True, description="Keep the vision tower (and its merger) fixed.")
+    learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    num_train_epochs: float = Field(1.0, gt=0.0, description="Passes over the data; used when max_steps <= 0.")
+    max_steps: int = Field(-1, description="Optimiser steps; <= 0 derives them from num_train_epochs and a row count.")
+    per_device_train_batch_size: int = Field(1, ge=1, description="Rows (GRPO: completions) per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations (saves memory on large models).")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU.")
+    shuffle_buffer: int = Field(1000, ge=0, description="Streaming shuffle buffer in rows (0 = no shuffle).")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume starts from the last one).")
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (older ones are deleted).")
+    eval_steps: int = Field(100, ge=1, description="Evaluate eval_data every N steps.")
+    logging_steps: int = Field(10, ge=1, description="Log metrics every N steps.")
+    report_to: tuple[str, ...] = Field(("tensorboard",), description="transformers report_to integrations ('none' = off).")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and sampling.")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "TrainSection":
+        uris = [source.uri for source in self.data]
+        if len(set(uris)) != len(uris):
+            raise ValueError(f"data lists a source twice: {uris}")
+        return self
+
+
+class SFTSection(TrainSection):
+    max_length: int | None = Field(None, ge=16, description="Truncate tokenised rows to this length (None = never).")
+    completion_only_loss: bool = Field(True, description="Loss on the assistant completion only, not on the prompt.")
+
+
+class GRPOSection(TrainSection):
+    learning_rate: float = Field(1e-6, gt=0.0, description="Peak learning rate (paper: 1e-6).")
+    lr_scheduler_type: str = Field("constant", description="transformers scheduler name.")
+    per_device_train_batch_size: int = Field(
+        8, ge=1, description="Completions per device per step; times devices and accumulation, a multiple of num_generations.")
+    num_generations: int = Field(8, ge=2, description="Group size G: completions sampled per prompt (paper: 8).")
+    beta: float = Field(0.04, ge=0.0, description="KL coefficient against the reference model (paper: 0.04).")
+    epsilon: float = Field(0.2, gt=0.0, description="PPO-style clip range (paper: 0.2).")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of the rollouts (paper: 1.0).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of the rollouts.")
+    max_completion_length: int = Field(1024, ge=1, description="Tokens generated per rollout at most.")
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes per generated batch (mu).")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "grpo", description="TRL loss aggregation; 'grpo' (per-sequence mean) is what the paper's code used.")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage normalisation.")
+    verifier: VerifierConfig = VerifierConfig()
+    record_rewards: bool = Field(True, description="Append every (completion, gold, rewards) to OUT/rewards.jsonl.")
+    log_completions: bool = Field(False, description="TRL: print/log sample completions at each logging step.")
+    use_vllm: bool = Field(False, description="Generate rollouts with vLLM (GPU; TRL supports vLLM 0.22-0.31).")
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description="vLLM inside the trainer or a server.")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="GPU share for colocated vLLM.")
+
+
+class EvalSection(Section):
+    data: str = Field("", description="Test set: synthesis output, canonical dataset or FEA-20K JSONL.")
+    model: ModelConfig = ModelConfig()
+    out: str = Field("", description="Local folder for metrics.json, predictions.jsonl, report.md and plots.")
+    generation: GenerationConfig = GenerationConfig(max_new_tokens=1024)
+    verifier: VerifierConfig = VerifierConfig()
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N samples only.")

@@ -1,0 +1,36 @@
+"""Connecting to Ray: an existing cluster when RAY_ADDRESS says so, else a private local one.
+
+A private local Ray (its own temp dir) keeps clear of any other Ray on the same machine; we never
+call `ray stop`, which would stop every Ray here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Environment the workers need: offline model loading, and the S3 settings of the driver.
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP", "HF_HOME", "FEA_CACHE_DIR")
+
+
+def worker_env() -> dict[str, str]:
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.update({k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ})
+    return env
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Start or join Ray; returns True when this call started it (so the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="fea-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _temp_dir=temp_dir, runtime_env=runtime_env, log_to_driver=False)
+    return True

@@ -1,0 +1,66 @@
+"""Shared fixtures: real components, started for the test session and stopped after it.
+
+- `s3`: a real S3 server (SeaweedFS `weed mini`) on loopback; its settings are put in os.environ so
+  that s3fs, polars, pyarrow, subprocesses and Ray workers all reach it.
+- `ray_local`: a private local Ray cluster (never `ray stop`: that would stop other Rays here).
+- `tiny_model`: the offline tiny Qwen2.5-VL, built once.
+- `faces`: a small synthetic labelled face set in FEA-20K form, rendered once.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    from tests.support.seaweed import seaweed_s3
+
+    with seaweed_s3() as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        server.make_bucket("fea-test")
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3):
+    """Started after `s3` so the workers inherit the S3 settings."""
+    import ray
+
+    from engine.raycluster import ensure_ray
+
+    started = ensure_ray(num_cpus=2)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from engine.tinymodel import build_tiny_model
+
+    return Path(build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0))
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory) -> Path:
+    """FEA-20K JSONL + images: DIR/samples.jsonl and DIR/images/."""
+    from engine.faces import write_face_set
+
+    out = tmp_path_factory.mktemp("faces")
+    write_face_set(out, n=24, seed=0)
+    return out
