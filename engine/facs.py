@@ -1,0 +1,152 @@
+"""FACS vocabulary: the 30 Action Units, the eight emotion nouns, per-dataset label sets, EMFACS
+prototypes, and the normalisation of AU ids and emotion words.
+
+Canonical forms: AU ids are "AU" + integer without zero padding ("AU4", "AU12"); emotions are the
+eight nouns of EMOTIONS. Anything that cannot be mapped onto those is reported (None / unknown
+list), never guessed.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+# The 30 AUs defined in the Facial-R1 prompt, in numeric order.
+AU_DESCRIPTIONS: dict[str, str] = {
+    "AU1": "inner brow raiser",
+    "AU2": "outer brow raiser",
+    "AU4": "brow lowerer",
+    "AU5": "upper lid raiser",
+    "AU6": "cheek raiser",
+    "AU7": "lid tightener",
+    "AU9": "nose wrinkler",
+    "AU10": "upper lip raiser",
+    "AU11": "nasolabial furrow deepener",
+    "AU12": "lip corner puller",
+    "AU13": "cheek puffer",  # FACS proper calls AU13 "sharp lip puller"; the paper's prompt says cheek puffer
+    "AU14": "dimpler",
+    "AU15": "lip corner depressor",
+    "AU16": "lower lip depressor",
+    "AU17": "chin raiser",
+    "AU18": "lip pucker",
+    "AU19": "tongue show",
+    "AU20": "lip stretcher",
+    "AU22": "lip funneler",
+    "AU23": "lip tightener",
+    "AU24": "lip pressor",
+    "AU25": "lips part",
+    "AU26": "jaw drop",
+    "AU27": "mouth stretch",
+    "AU28": "lip suck",
+    "AU29": "jaw thrust",
+    "AU30": "jaw sideways",
+    "AU31": "jaw clencher",
+    "AU32": "lip bite",
+    "AU43": "eyes closed",
+}
+AU_IDS: tuple[str, ...] = tuple(AU_DESCRIPTIONS)
+_AU_NUMBERS: frozenset[int] = frozenset(int(au[2:]) for au in AU_IDS)
+
+EMOTIONS: tuple[str, ...] = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
+_SEVEN = tuple(e for e in EMOTIONS if e != "contempt")
+_SIX = tuple(e for e in EMOTIONS if e not in ("contempt", "neutral"))
+
+# Emotion label set per source dataset; () = AU-only dataset (no emotion labels).
+DATASET_LABELS: dict[str, tuple[str, ...]] = {
+    "AffectNet": EMOTIONS,
+    "CK+": EMOTIONS,
+    "FER2013": _SEVEN,
+    "RAF-DB": _SEVEN,
+    "FABA": _SEVEN,
+    "JAFFE": _SEVEN,
+    "RAF-AU": _SIX,
+    "DISFA": (),
+    "BP4D": (),
+    "SynthFaces": EMOTIONS,
+}
+_DATASET_BY_LOWER = {name.lower(): labels for name, labels in DATASET_LABELS.items()}
+
+# EMFACS prototypes as commonly tabulated (contempt is unilateral 12+14; neutral has no AU).
+PROTOTYPES: dict[str, tuple[str, ...]] = {
+    "happiness": ("AU6", "AU12"),
+    "sadness": ("AU1", "AU4", "AU15"),
+    "surprise": ("AU1", "AU2", "AU5", "AU26"),
+    "fear": ("AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"),
+    "anger": ("AU4", "AU5", "AU7", "AU23"),
+    "disgust": ("AU9", "AU15", "AU16"),
+    "contempt": ("AU12", "AU14"),
+    "neutral": (),
+}
+
+# Words that name an emotion: the nouns themselves, their adjectives, and a few common synonyms.
+_EMOTION_WORDS: dict[str, str] = {
+    "anger": "anger", "angry": "anger",
+    "contempt": "contempt", "contemptuous": "contempt",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "scared": "fear", "afraid": "fear",
+    "happiness": "happiness", "happy": "happiness", "joy": "happiness", "joyful": "happiness",
+    "neutral": "neutral",
+    "sadness": "sadness", "sad": "sadness",
+    "surprise": "surprise", "surprised": "surprise",
+}
+# Punctuation and quotes a model or annotator may wrap a one-word label in.
+_LABEL_STRIP = " \t\r\n.,;:!?\"'`*()[]{}"
+
+# One AU token: optional side prefix (L12, R14), optional "AU" (with an optional separator), the
+# number (zero padding allowed), then an optional intensity letter A-E and/or side suffix, in
+# either order (AU12B, AU12L, AU12BL, 12B, 5E).
+_AU_TOKEN = re.compile(r"([LR]?)(?:AU[ _-]?)?0*(\d{1,3})(?:[A-E]?[LR]?|[LR][A-E])", re.IGNORECASE)
+
+
+def label_set_for(dataset: str | None) -> tuple[str, ...] | None:
+    """The dataset's emotion label set (case-insensitive name), () for AU-only datasets, None if unknown."""
+    if not dataset:
+        return None
+    return _DATASET_BY_LOWER.get(dataset.strip().lower())
+
+
+def au_number(au_id: str) -> int:
+    """The number of a canonical AU id ("AU12" -> 12)."""
+    if au_id not in AU_DESCRIPTIONS:
+        raise ValueError(f"not a canonical AU id: {au_id!r}")
+    return int(au_id[2:])
+
+
+def normalize_au(token: str) -> str | None:
+    """"AU04", "au 4", "AU12B", "L12", "R14", "AU12L", "12B" -> canonical id; None when the token is
+    not an AU id or its number is not one of the 30 AUs."""
+    match = _AU_TOKEN.fullmatch(token.strip())
+    if match is None:
+        return None
+    number = int(match.group(2))
+    if number not in _AU_NUMBERS:
+        return None
+    return f"AU{number}"
+
+
+def normalize_aus(tokens: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(canonical ids, unique and sorted numerically; unknown tokens, stripped, in first-seen order)."""
+    known: set[str] = set()
+    unknown: list[str] = []
+    for token in tokens:
+        canonical = normalize_au(token)
+        if canonical is not None:
+            known.add(canonical)
+        else:
+            shown = token.strip()
+            if shown not in unknown:
+                unknown.append(shown)
+    return sort_aus(known), tuple(unknown)
+
+
+def sort_aus(au_ids: Iterable[str]) -> tuple[str, ...]:
+    """Canonical ids in numeric order (AU2 before AU10), duplicates removed."""
+    return tuple(sorted(set(au_ids), key=au_number))
+
+
+def normalize_emotion(word: str, label_set: Sequence[str] | None = None) -> str | None:
+    """An emotion word (noun, adjective or common synonym, any case, wrapped in punctuation or not)
+    -> its noun; None when it names no emotion, or names one outside `label_set` when given."""
+    noun = _EMOTION_WORDS.get(word.strip(_LABEL_STRIP).lower())
+    if noun is None or (label_set is not None and noun not in label_set):
+        return None
+    return noun
