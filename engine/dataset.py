@@ -1,0 +1,405 @@
+"""FEA-20K data in and out: import to the canonical Parquet form, read any input, export committed output.
+
+Inputs the engine understands (detected by `input_kind`):
+- FEA-20K JSONL (one record a line, images relative to an image root),
+- a canonical dataset folder written by `import_fea20k` (OUT/samples/*.parquet, OUT/quarantine.parquet,
+  OUT/summary.json),
+- a synthesis output (OUT/commits/*.json name the committed shards; nothing else is read),
+- a single Parquet file with the sample columns.
+
+The rules that decide whether a record is usable live in one place, `RecordValidator`; importing,
+loading synthesis input and reading training data all go through it, so a record is judged the
+same way everywhere. A record that cannot be used becomes a QuarantineRecord whose reason starts
+with a machine-readable code (see `reason_code`); nothing is dropped without a record.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from PIL import Image
+
+from engine import facs, shards, storage
+from engine.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FIELDS = ("id", "dataset", "image", "question", "AUs", "labels")
+RAW_LIMIT = 2000  # characters of the offending input kept in a quarantine record
+DEFAULT_ROWS_PER_PART = 512
+
+
+class InvalidRecord(Exception):
+    """Why a record cannot be used; `reason` is '<code>' or '<code>: <detail>'."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def reason_code(reason: str) -> str:
+    """The machine-readable head of a quarantine reason ('image_missing: a.png' -> 'image_missing')."""
+    return reason.split(": ", 1)[0]
+
+
+# ---------------------------------------------------------------- images
+def check_image(data: bytes) -> None:
+    """Raise InvalidRecord('image_undecodable: ...') unless `data` is a complete, decodable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # structure and checksums
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # verify() does not decode the pixels; truncated data only fails here
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+        raise InvalidRecord(f"image_undecodable: {type(err).__name__}: {err}"[:300]) from None
+
+
+def image_loader(image_root: str) -> Callable[[str], bytes]:
+    """A function relative path -> image bytes, refusing any path that leaves `image_root`."""
+    root = str(image_root)
+    if storage.is_s3(root):
+        root_key = posixpath.normpath(root[len(storage.S3_SCHEME):].rstrip("/"))
+
+        def resolve(rel: str) -> str:
+            key = posixpath.normpath(posixpath.join(root_key, rel))
+            if rel.startswith("/") or not key.startswith(root_key + "/"):
+                raise InvalidRecord(f"image_outside_root: {rel}")
+            return storage.S3_SCHEME + key
+    else:
+        root_real = os.path.realpath(root)
+
+        def resolve(rel: str) -> str:
+            # realpath also follows symlinks, so a link pointing out of the root is refused too.
+            path = os.path.realpath(os.path.join(root_real, rel))
+            if os.path.isabs(rel) or os.path.commonpath([root_real, path]) != root_real or path == root_real:
+                raise InvalidRecord(f"image_outside_root: {rel}")
+            return path
+
+    def load(rel: str) -> bytes:
+        if "\x00" in rel or "://" in rel:
+            raise InvalidRecord(f"image_outside_root: {rel!r}")
+        uri = resolve(rel)
+        try:
+            return storage.read_bytes(uri)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise InvalidRecord(f"image_missing: {rel}") from None
+        except PermissionError as err:
+            raise InvalidRecord(f"image_missing: {rel} ({type(err).__name__})") from None
+
+    return load
+
+
+# ---------------------------------------------------------------- the validation rules
+@dataclass
+class RecordValidator:
+    """Turns FEA-20K-shaped records into Samples or QuarantineRecords; remembers ids to catch duplicates.
+
+    The first occurrence of an id claims it, whatever happens to that record afterwards, so a later
+    record can never silently stand in for an earlier one.
+    """
+
+    source: str
+    seen_ids: set[str] = field(default_factory=set)
+
+    def quarantine(self, line: int, reason: str, raw: str, sample_id: str | None = None) -> QuarantineRecord:
+        return QuarantineRecord(source=storage.redact(self.source), line=line, sample_id=sample_id,
+                                reason=reason, raw=raw[:RAW_LIMIT])
+
+    def from_json_line(self, text: str, line: int, load_image: Callable[[str], bytes]) -> Sample | QuarantineRecord:
+        try:
+            obj = json.loads(text)
+        except ValueError as err:
+            return self.quarantine(line, f"bad_json: {err}", text)
+        return self.from_record(obj, line, text, load_image)
+
+    def from_record(self, obj: Any, line: int, raw: str, load_image: Callable[[str], bytes],
+                    expected_sha256: str | None = None) -> Sample | QuarantineRecord:
+        sample_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+        try:
+            sample = self._build(obj, load_image, expected_sha256)
+        except InvalidRecord as bad:
+            return self.quarantine(line, bad.reason, raw, sample_id)
+        return sample
+
+    def _build(self, obj: Any, load_image: Callable[[str], bytes], expected_sha256: str | None) -> Sample:
+        if not isinstance(obj, dict):
+            raise InvalidRecord(f"not_object: {type(obj).__name__}")
+        for name in REQUIRED_FIELDS:
+            if obj.get(name) is None:
+                raise InvalidRecord(f"missing_field:{name}")
+        fields = _typed_fields(obj)
+        if fields["id"] in self.seen_ids:
+            raise InvalidRecord("duplicate_id")
+        self.seen_ids.add(fields["id"])
+        if fields["is_valid"] is False:
+            raise InvalidRecord("is_valid_false")
+        labels = _normalize_labels(fields["labels"], fields["dataset"])
+        aus = _normalize_aus(fields["AUs"])
+        image = load_image(fields["image"])
+        if expected_sha256 is not None and sha256_hex(image) != expected_sha256:
+            raise InvalidRecord("image_sha256_mismatch")
+        check_image(image)
+        return Sample(id=fields["id"], dataset=fields["dataset"], image=image, image_sha256=sha256_hex(image),
+                      image_path=fields["image"], question=fields["question"], aus=aus, labels=labels,
+                      description=fields["description"], meta=fields["meta_info"])
+
+
+def _typed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The record's fields with their types checked; optional ones defaulted."""
+    expected = {"id": str, "dataset": str, "image": str, "question": str, "AUs": list, "labels": list,
+                "description": str, "meta_info": dict, "is_valid": bool}
+    defaults = {"description": "", "meta_info": {}, "is_valid": True}
+    fields = {}
+    for name, kind in expected.items():
+        value = obj.get(name)
+        if value is None and name in defaults:
+            value = defaults[name]
+        if not isinstance(value, kind):
+            raise InvalidRecord(f"bad_field:{name}: expected {kind.__name__}, got {type(value).__name__}")
+        fields[name] = value
+    for name in ("id", "image"):
+        if not fields[name].strip():
+            raise InvalidRecord(f"missing_field:{name}")
+    return fields
+
+
+def _normalize_labels(words: list[Any], dataset: str) -> tuple[str, ...]:
+    label_set = facs.label_set_for(dataset)  # None for a dataset we do not know: any of the 8 nouns
+    labels: list[str] = []
+    for word in words:
+        noun = facs.normalize_emotion(word, label_set) if isinstance(word, str) else None
+        if noun is None:
+            raise InvalidRecord(f"unknown_label:{word}")
+        if noun not in labels:
+            labels.append(noun)
+    return tuple(labels)
+
+
+def _normalize_aus(tokens: list[Any]) -> tuple[str, ...]:
+    # Bare integers (4, 12) are AU numbers in some sources; anything else that is not text is malformed.
+    texts = []
+    for token in tokens:
+        if isinstance(token, bool) or not isinstance(token, (str, int)):
+            raise InvalidRecord(f"malformed_au:{token!r}")
+        texts.append(str(token))
+    aus, unknown = facs.normalize_aus(texts)
+    if unknown:
+        raise InvalidRecord(f"malformed_au:{unknown[0]}")
+    return aus
+
+
+# ---------------------------------------------------------------- readers
+def _iter_lines(uri: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) for every non-blank line; undecodable bytes become U+FFFD (then bad_json)."""
+    fs, path = storage.fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if text.strip():
+                yield number, text
+
+
+def iter_jsonl(uri: str, image_root: str | None = None) -> Iterator[Sample | QuarantineRecord]:
+    """Every non-blank line of an FEA-20K JSONL file as a Sample or a QuarantineRecord."""
+    uri = str(uri)
+    validator = RecordValidator(source=uri)
+    load_image = image_loader(str(image_root) if image_root is not None else storage.parent(uri))
+    for number, text in _iter_lines(uri):
+        yield validator.from_json_line(text, number, load_image)
+
+
+def _iter_sample_rows(part_uris: list[str]) -> Iterator[Sample | QuarantineRecord]:
+    """Stored sample rows, re-checked with the same rules (a damaged shard yields quarantine, not garbage)."""
+    for part in part_uris:
+        validator = RecordValidator(source=part)
+        for index, row in enumerate(shards.iter_parquet_rows(part)):
+            try:
+                record = shards.fea20k_record(row)
+            except (ValueError, TypeError, KeyError) as err:
+                yield validator.quarantine(index, f"bad_row: {err}", _row_summary(row), row.get("id"))
+                continue
+            image = row.get("image")
+            load = (lambda _rel, data=image: bytes(data)) if image is not None else _missing_image
+            yield validator.from_record(record, index, _row_summary(row), load, expected_sha256=row.get("image_sha256"))
+
+
+def _missing_image(rel: str) -> bytes:
+    raise InvalidRecord(f"image_missing: {rel}")
+
+
+def _row_summary(row: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in row.items() if k != "image"}, default=str)[:RAW_LIMIT]
+
+
+def input_kind(uri: str) -> str:
+    """'jsonl' | 'parquet' | 'synthesis' | 'canonical' for an input URI; ValueError when it is none of them."""
+    text = str(uri).rstrip("/")
+    if text.endswith((".jsonl", ".json")):
+        return "jsonl"
+    if text.endswith(".parquet"):
+        return "parquet"
+    if storage.exists(storage.join(text, "job.json")) or storage.list_files(shards.commits_dir(text), ".json"):
+        return "synthesis"
+    samples_dir = storage.join(text, "samples")
+    if storage.exists(storage.join(text, "summary.json")) or storage.list_files(samples_dir, ".parquet"):
+        return "canonical"
+    raise ValueError(f"{storage.redact(text)}: not an FEA-20K JSONL file, a Parquet file, a canonical dataset "
+                     "(samples/*.parquet) or a synthesis output (commits/*.json)")
+
+
+def canonical_parts(uri: str) -> list[str]:
+    """The sample shards of a canonical dataset: those its summary.json lists, else samples/*.parquet."""
+    summary_uri = storage.join(uri, "summary.json")
+    if storage.exists(summary_uri):
+        summary = json.loads(storage.read_text(summary_uri))
+        if "parts" in summary:
+            return [storage.join(uri, part["path"]) for part in summary["parts"]]
+    return storage.list_files(storage.join(uri, "samples"), suffix=".parquet")
+
+
+def load_input(uri: str, image_root: str | None = None) -> Iterator[Sample | QuarantineRecord]:
+    """Every input record as a Sample or a QuarantineRecord, whatever form the input has.
+
+    JSONL images are read relative to `image_root` (default: the JSONL file's folder). A synthesis
+    output contributes its committed accepted samples.
+    """
+    uri = str(uri)
+    kind = input_kind(uri)
+    if kind == "jsonl":
+        return iter_jsonl(uri, image_root)
+    if kind == "parquet":
+        return _iter_sample_rows([uri])
+    if kind == "synthesis":
+        return _iter_sample_rows(shards.committed_shard_uris(uri, "accepted", "parquet"))
+    return _iter_sample_rows(canonical_parts(uri))
+
+
+def iter_samples(uri: str, image_root: str | None = None) -> Iterator[Sample]:
+    """The usable samples of any input (see `load_input`); unusable records are counted in a warning."""
+    skipped: Counter[str] = Counter()
+    for item in load_input(uri, image_root):
+        if isinstance(item, Sample):
+            yield item
+        else:
+            skipped[reason_code(item.reason)] += 1
+    if skipped:
+        log.warning("%s: skipped %d unusable records %s", storage.redact(uri), sum(skipped.values()), dict(skipped))
+
+
+# ---------------------------------------------------------------- import
+class _PartWriter:
+    """Buffers sample rows and writes OUT/samples/part-NNNNN.parquet every `rows_per_part` rows."""
+
+    def __init__(self, out_uri: str, rows_per_part: int):
+        self.out_uri, self.rows_per_part = out_uri, rows_per_part
+        self.rows: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any]] = []
+
+    def add(self, sample: Sample) -> None:
+        self.rows.append(shards.sample_to_row(sample))
+        if len(self.rows) >= self.rows_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        rel = f"samples/part-{len(self.parts):05d}.parquet"
+        ref = shards.write_parquet(storage.join(self.out_uri, rel), self.rows, shards.SAMPLE_SCHEMA)
+        self.parts.append({"path": rel, "rows": ref.rows, "sha256": ref.sha256})
+        self.rows = []
+
+    def close(self) -> list[dict[str, Any]]:
+        if self.rows or not self.parts:  # an empty import still gets one (empty) part to read
+            self.flush()
+        return self.parts
+
+
+def write_samples(items: Iterable[Sample | QuarantineRecord], out_uri: str,
+                  rows_per_part: int = DEFAULT_ROWS_PER_PART, **about: Any) -> dict[str, Any]:
+    """Samples (and quarantine records) -> a canonical dataset: OUT/samples/part-*.parquet,
+    OUT/quarantine.parquet, OUT/summary.json.
+
+    summary.json is written last and lists the parts, so readers never pick up a part of an
+    unfinished write. read == imported + quarantined always holds (checked before it is written).
+    `about` adds descriptive fields (source, image root) to the summary.
+    """
+    out_uri = str(out_uri).rstrip("/")
+    parts = _PartWriter(out_uri, rows_per_part)
+    quarantined: list[dict[str, Any]] = []
+    by_reason: Counter[str] = Counter()
+    read = 0
+    for item in items:
+        read += 1
+        if isinstance(item, Sample):
+            parts.add(item)
+        else:
+            quarantined.append(shards.quarantine_to_row(item))
+            by_reason[reason_code(item.reason)] += 1
+    written = parts.close()
+    shards.write_parquet(storage.join(out_uri, "quarantine.parquet"), quarantined, shards.QUARANTINE_SCHEMA)
+    imported = sum(part["rows"] for part in written)
+    if read != imported + len(quarantined):
+        raise RuntimeError(f"import accounting broken: read {read} != imported {imported} "
+                           f"+ quarantined {len(quarantined)}")
+    summary = {"read": read, "imported": imported, "quarantined": len(quarantined),
+               "by_reason": dict(sorted(by_reason.items())), "parts": written,
+               **{key: storage.redact(value) for key, value in about.items()},
+               "out": storage.redact(out_uri), "schema_version": SCHEMA_VERSION}
+    storage.write_json(storage.join(out_uri, "summary.json"), summary)
+    log.info("wrote %d of %d records into %s (%d quarantined)",
+             imported, read, storage.redact(out_uri), len(quarantined))
+    return summary
+
+
+def import_fea20k(jsonl: str, image_root: str, out_uri: str,
+                  rows_per_part: int = DEFAULT_ROWS_PER_PART) -> dict[str, Any]:
+    """FEA-20K JSONL + images -> the canonical dataset at OUT, bad records quarantined with reasons."""
+    jsonl, image_root = str(jsonl), str(image_root)
+    return write_samples(iter_jsonl(jsonl, image_root), out_uri, rows_per_part, source=jsonl, image_root=image_root)
+
+
+# ---------------------------------------------------------------- export
+def export_record(row: dict[str, Any], image: str) -> dict[str, Any]:
+    """A committed shard row as an FEA-20K record; provenance, rewards and attempts go into meta_info."""
+    record = shards.fea20k_record(row, image=image)
+    record.pop("image_sha256")
+    meta = dict(record["meta_info"])
+    meta["source_image"] = {"path": row.get("image_path") or "", "sha256": row["image_sha256"]}
+    for extra in ("provenance", "rewards", "attempts"):
+        if extra in record:
+            meta[extra] = record.pop(extra)
+    record["meta_info"] = meta
+    return record
+
+
+def export_committed(uri: str, out_jsonl: str, kind: str = "accepted") -> dict[str, Any]:
+    """Committed accepted (or rejected) samples of a synthesis output -> FEA-20K JSONL + images beside it.
+
+    Images go to <folder of out_jsonl>/images/<key>.<ext>, and each record's `image` is relative to
+    that folder, so the result imports again with image root = its folder.
+    """
+    uri, out_jsonl = str(uri).rstrip("/"), str(out_jsonl)
+    if kind not in ("accepted", "rejected"):
+        raise ValueError(f"kind must be 'accepted' or 'rejected', got {kind!r}")
+    if input_kind(uri) != "synthesis":
+        raise ValueError(f"{storage.redact(uri)}: not a synthesis output (no job.json or commits/)")
+    out_dir = storage.parent(out_jsonl)
+    lines: list[str] = []
+    seen: set[str] = set()
+    shard_uris = shards.committed_shard_uris(uri, kind, "parquet")
+    for shard_uri in shard_uris:
+        for row in shards.iter_parquet_rows(shard_uri):
+            if row["id"] in seen:
+                raise RuntimeError(f"sample {row['id']!r} appears in two committed partitions of {storage.redact(uri)}")
+            seen.add(row["id"])
+            image = bytes(row["image"])
+            rel = f"images/{shards.encode_key(row['id'])}.{shards.image_extension(image)}"
+            storage.write_bytes(storage.join(out_dir, rel), image)
+            lines.append(json.dumps(export_record(row, rel), ensure_ascii=False, sort_keys=True))
+    storage.write_text(out_jsonl, "".join(line + "\n" for line in lines))
+    return {"kind": kind, "exported": len(lines), "shards": len(shard_uris),
+            "out": storage.redact(out_jsonl), "images": storage.redact(storage.join(out_dir, "images"))}

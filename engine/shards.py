@@ -1,0 +1,324 @@
+"""Stored forms of samples: Arrow schemas, Parquet and WebDataset shards, commit records.
+
+Every table that holds samples shares the SAMPLE_SCHEMA columns, so any of them reads back into
+`engine.types.Sample`. `meta` is stored as a JSON string: source datasets carry metadata of any
+shape, and a struct column would force one shape on all of them (and break on the first record
+that differs).
+
+Shards are built in memory and written with one put, so a partial shard never appears under its
+final name; the same rows always give the same bytes (deterministic tar headers and ordering), so a
+redone partition rewrites identical files.
+
+`register_webdataset_s3()` adds an `s3` scheme to webdataset's opener table, so
+`webdataset.WebDataset("s3://bucket/part-00000.tar")` reads through the same S3 settings
+(`open_webdataset` does both).
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import tarfile
+from typing import Any, Iterable, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine import storage
+from engine.types import SCHEMA_VERSION, PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
+
+KINDS = ("accepted", "rejected", "quarantine")
+FORMATS = ("parquet", "webdataset")
+
+
+# ---------------------------------------------------------------- schemas
+def _metadata(kind: str) -> dict[bytes, bytes]:
+    return {b"schema_version": str(SCHEMA_VERSION).encode(), b"kind": kind.encode()}
+
+
+REWARDS_TYPE = pa.struct([("au", pa.float64()), ("acc", pa.float64()), ("format", pa.float64()),
+                          ("total", pa.float64())])
+PROVENANCE_TYPE = pa.struct([("job_id", pa.string()), ("model_id", pa.string()), ("backend", pa.string()),
+                             ("attempts", pa.int32()), ("policy", pa.string()),
+                             ("verifier_version", pa.string()), ("prompt_hash", pa.string())])
+ATTEMPT_TYPE = pa.struct([("attempt", pa.int32()), ("completion", pa.string()),
+                          ("reasons", pa.list_(pa.string())), ("rewards", REWARDS_TYPE)])
+
+SAMPLE_FIELDS = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),  # the encoded image file, byte for byte
+    pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("image_path", pa.string()),  # original relative path (provenance, export)
+    pa.field("question", pa.string()),
+    pa.field("aus", pa.list_(pa.string())),  # canonical ids, sorted numerically
+    pa.field("labels", pa.list_(pa.string())),  # canonical emotion nouns
+    pa.field("description", pa.string()),  # reference reasoning; in accepted shards: the accepted completion
+    pa.field("meta", pa.string()),  # JSON object
+]
+SAMPLE_SCHEMA = pa.schema(SAMPLE_FIELDS, metadata=_metadata("samples"))
+ACCEPTED_SCHEMA = pa.schema(SAMPLE_FIELDS + [pa.field("provenance", PROVENANCE_TYPE),
+                                             pa.field("rewards", REWARDS_TYPE)], metadata=_metadata("accepted"))
+REJECTED_SCHEMA = pa.schema(SAMPLE_FIELDS + [pa.field("attempts", pa.list_(ATTEMPT_TYPE))],
+                            metadata=_metadata("rejected"))
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("source", pa.string()),
+    pa.field("line", pa.int64()),
+    pa.field("sample_id", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("raw", pa.string()),
+], metadata=_metadata("quarantine"))
+
+
+# ---------------------------------------------------------------- rows
+def meta_to_json(meta: Mapping[str, Any]) -> str:
+    return json.dumps(dict(meta), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def sample_to_row(sample: Sample) -> dict[str, Any]:
+    return {"id": sample.id, "dataset": sample.dataset, "image": sample.image,
+            "image_sha256": sample.image_sha256, "image_path": sample.image_path, "question": sample.question,
+            "aus": list(sample.aus), "labels": list(sample.labels), "description": sample.description,
+            "meta": meta_to_json(sample.meta)}
+
+
+def row_to_sample(row: Mapping[str, Any]) -> Sample:
+    """A Sample from any row with the sample columns (extra columns such as provenance are ignored)."""
+    meta = row.get("meta") or "{}"
+    return Sample(id=row["id"], dataset=row["dataset"], image=bytes(row["image"]),
+                  image_sha256=row["image_sha256"], image_path=row.get("image_path") or "",
+                  question=row.get("question") or "", aus=tuple(row.get("aus") or ()),
+                  labels=tuple(row.get("labels") or ()), description=row.get("description") or "",
+                  meta=json.loads(meta) if isinstance(meta, str) else dict(meta))
+
+
+def accepted_row(sample: Sample, completion: str, provenance: Mapping[str, Any],
+                 rewards: Mapping[str, float]) -> dict[str, Any]:
+    """An ACCEPTED_SCHEMA row: the sample with its accepted completion as `description`."""
+    row = sample_to_row(sample)
+    row["description"] = completion
+    row["provenance"] = {name: provenance.get(name) for name in PROVENANCE_TYPE.names}
+    row["rewards"] = {name: float(rewards[name]) for name in REWARDS_TYPE.names}
+    return row
+
+
+def rejected_row(sample: Sample, attempts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A REJECTED_SCHEMA row; each attempt: {attempt, completion, reasons, rewards{au, acc, format, total}}."""
+    row = sample_to_row(sample)
+    row["attempts"] = [{"attempt": int(a["attempt"]), "completion": a["completion"],
+                        "reasons": list(a["reasons"]),
+                        "rewards": {n: float(a["rewards"][n]) for n in REWARDS_TYPE.names}}
+                       for a in attempts]
+    return row
+
+
+def quarantine_to_row(record: QuarantineRecord) -> dict[str, Any]:
+    return {"source": storage.redact(record.source), "line": record.line, "sample_id": record.sample_id,
+            "reason": record.reason, "raw": record.raw}
+
+
+def row_to_quarantine(row: Mapping[str, Any]) -> QuarantineRecord:
+    return QuarantineRecord(source=row["source"], line=int(row["line"]), sample_id=row.get("sample_id"),
+                            reason=row["reason"], raw=row.get("raw") or "")
+
+
+def fea20k_record(row: Mapping[str, Any], image: str | None = None) -> dict[str, Any]:
+    """The FEA-20K JSON fields for a stored row; provenance/rewards/attempts (when present) kept beside them."""
+    record = {"id": row["id"], "dataset": row["dataset"],
+              "image": image if image is not None else (row.get("image_path") or ""),
+              "question": row.get("question") or "", "AUs": list(row.get("aus") or ()),
+              "labels": list(row.get("labels") or ()), "description": row.get("description") or "",
+              "meta_info": json.loads(row.get("meta") or "{}"), "is_valid": True,
+              "image_sha256": row["image_sha256"]}
+    for extra in ("provenance", "rewards", "attempts"):
+        if row.get(extra) is not None:
+            record[extra] = row[extra]
+    return record
+
+
+# ---------------------------------------------------------------- Parquet
+def schema_kind(schema: pa.Schema) -> str:
+    return (schema.metadata or {}).get(b"kind", b"samples").decode()
+
+
+def write_parquet(uri: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema,
+                  row_group_size: int = 256) -> ShardRef:
+    """Write `rows` as one Parquet file in a single put; the ShardRef carries the sha256 of its bytes."""
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=row_group_size, compression="zstd")
+    data = buffer.getvalue()
+    storage.write_bytes(uri, data)
+    return ShardRef(uri=uri, format="parquet", kind=schema_kind(schema), rows=table.num_rows,
+                    sha256=sha256_hex(data))
+
+
+def iter_parquet_rows(uri: str, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one Parquet file as dicts, a few at a time (images stay out of memory until needed)."""
+    fs, path = storage.fs_and_path(uri)
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
+            yield from batch.to_pylist()
+
+
+# ---------------------------------------------------------------- WebDataset
+_KEY_SAFE = re.compile(r"[A-Za-z0-9-]")
+
+
+def encode_key(sample_id: str) -> str:
+    """A WebDataset-safe, reversible key for a sample id.
+
+    WebDataset splits a member name at the first '.' of its basename and treats '/' as folders, so
+    ids such as "raf/0001.jpg" would be torn apart. Every character outside [A-Za-z0-9-] becomes
+    '_' + its UTF-8 bytes in hex ('_' itself included), which keeps keys readable and distinct.
+    The real id is also stored in the record's json.
+    """
+    if not sample_id:
+        raise ValueError("a sample id must not be empty")
+    out = []
+    for ch in sample_id:
+        out.append(ch if _KEY_SAFE.fullmatch(ch) else "".join(f"_{b:02x}" for b in ch.encode("utf-8")))
+    return "".join(out)
+
+
+def decode_key(key: str) -> str:
+    raw = bytearray()
+    i = 0
+    while i < len(key):
+        if key[i] == "_":
+            raw += bytes.fromhex(key[i + 1:i + 3])
+            i += 3
+        else:
+            raw += key[i].encode()
+            i += 1
+    return raw.decode("utf-8")
+
+
+def image_extension(image: bytes, fallback: str = "png") -> str:
+    """'png' / 'jpg' / ... from the file's magic bytes (WebDataset decoders go by extension)."""
+    if image.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if image.startswith(b"\xff\xd8"):
+        return "jpg"
+    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        return "webp"
+    if image[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if image[:2] == b"BM":
+        return "bmp"
+    if image[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return fallback
+
+
+def wds_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A WebDataset record for a stored row: <key>.<png|jpg> (the image) + <key>.json (FEA-20K fields)."""
+    image = bytes(row["image"])
+    return {"__key__": encode_key(row["id"]), image_extension(image): image, "json": fea20k_record(row)}
+
+
+def _member_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+
+
+def build_tar(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """Tar bytes for WebDataset records, deterministic: fixed mtime/owner/mode, record order, sorted fields."""
+    buffer = io.BytesIO()
+    seen: set[str] = set()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for record in records:
+            key = record["__key__"]
+            if not key or "." in key or "/" in key:
+                raise ValueError(f"unsafe WebDataset key {key!r}: use encode_key()")
+            if key in seen:
+                raise ValueError(f"duplicate WebDataset key {key!r} in one shard")
+            seen.add(key)
+            for field in sorted(k for k in record if not k.startswith("__")):
+                data = _member_bytes(record[field])
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), len(seen)
+
+
+def write_webdataset(uri: str, records: Iterable[Mapping[str, Any]], kind: str = "accepted") -> ShardRef:
+    """Write one WebDataset tar shard in a single put. Records: {"__key__", "png"/"jpg": bytes, "json": dict}."""
+    data, count = build_tar(records)
+    storage.write_bytes(uri, data)
+    return ShardRef(uri=uri, format="webdataset", kind=kind, rows=count, sha256=sha256_hex(data))
+
+
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
+    fs, path = storage.fs_and_path(url)
+    return fs.open(path, mode)
+
+
+def register_webdataset_s3() -> None:
+    """Let webdataset open s3:// URLs through our storage layer (it has no s3 opener of its own).
+
+    Idempotent. Importing this module does it already when webdataset is loaded; otherwise it is
+    left to the first reader, because importing webdataset imports torch (seconds), which data-only
+    commands (import, export, shard writing) do not need.
+    """
+    import webdataset  # noqa: F401  (the package import creates the submodule)
+
+    # `webdataset.gopen` is the function (it shadows the submodule), so go through sys.modules.
+    sys.modules["webdataset.gopen"].gopen_schemes["s3"] = _gopen_fsspec
+
+
+def open_webdataset(urls: str | list[str], **kwargs: Any):
+    """`webdataset.WebDataset(urls, **kwargs)` with s3:// support registered."""
+    register_webdataset_s3()
+    import webdataset
+
+    return webdataset.WebDataset(urls, **kwargs)
+
+
+if "webdataset" in sys.modules:
+    register_webdataset_s3()
+
+
+# ---------------------------------------------------------------- commits
+def commits_dir(out_prefix: str) -> str:
+    return storage.join(out_prefix, "commits")
+
+
+def commit_uri(out_prefix: str, partition: int) -> str:
+    return storage.join(out_prefix, "commits", f"part-{partition:05d}.json")
+
+
+def read_commits(out_prefix: str) -> list[PartitionCommit]:
+    """The partitions committed under a synthesis output, by partition number."""
+    commits = []
+    for uri in storage.list_files(commits_dir(out_prefix), suffix=".json"):
+        try:
+            commits.append(PartitionCommit.from_json(storage.read_text(uri)))
+        except (ValueError, TypeError, KeyError) as err:
+            # Commit records are written once and whole; a broken one is damage, not a partial write.
+            raise ValueError(f"{storage.redact(uri)}: unreadable commit record ({err})") from err
+    return sorted(commits, key=lambda c: c.partition)
+
+
+def resolve_shard_uri(out_prefix: str, shard_uri: str) -> str:
+    """Shard URIs in commits may be relative to the output prefix (relocatable) or absolute."""
+    if storage.is_s3(shard_uri) or shard_uri.startswith("/"):
+        return shard_uri
+    return storage.join(out_prefix, shard_uri)
+
+
+def committed_shard_uris(out_prefix: str, kind: str, fmt: str) -> list[str]:
+    """URIs of the committed shards of one kind ("accepted" | "rejected" | "quarantine") and format."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+    return [resolve_shard_uri(out_prefix, shard.uri)
+            for commit in read_commits(out_prefix)
+            for shard in commit.shards if shard.kind == kind and shard.format == fmt]
