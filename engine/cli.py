@@ -63,14 +63,22 @@ SYNTH_FLAGS = {  # flag -> dotted config key
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from engine.config import SynthConfig, load_config
-    from engine.synth import run_synth
+    import logging
 
+    from engine.config import ConfigError, SynthConfig, load_config
+    from engine.partition import InputChangedError
+    from engine.synth import JobMismatchError, run_synth
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: getattr(args, flag) for flag, key in SYNTH_FLAGS.items()}
     if args.no_hint:
         overrides["hint"] = False
-    cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
-    summary = run_synth(cfg)
+    try:
+        cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
+        summary = run_synth(cfg)
+    except (ConfigError, JobMismatchError, InputChangedError) as err:
+        print(f"fea synth: error: {err}", file=sys.stderr)
+        return 2
     _print_json(summary)
     return 0
 
@@ -103,7 +111,8 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.run import run_training
 
     _print_json(run_training(args.stage, data=args.data, model=args.model, out=args.out,
-                             config_path=args.config, resume=args.resume, max_steps=args.max_steps))
+                             config_path=args.config, resume=args.resume, max_steps=args.max_steps,
+                             weights=args.weights))
     return 0
 
 
@@ -125,7 +134,8 @@ def _loop(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine.loop import run_demo
 
-    report = run_demo(args.out)
+    report = run_demo(args.out, faces=args.faces, seed_size=args.seed_size,
+                      **({"config_path": args.config} if args.config else {}))
     print(f"demo finished; report: {report}")
     return 0
 
@@ -169,19 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="SFT or GRPO on committed shards (TRL + PEFT).")
     p.add_argument("stage", choices=["sft", "grpo"])
-    p.add_argument("--data", nargs="+", required=True, help="Synthesis outputs or canonical datasets (local or s3://).")
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--config", help="YAML file with a `sft:` or `grpo:` section.")
+    p.add_argument("--data", nargs="+", help="Synthesis outputs, canonical datasets or FEA-20K JSONL (local or s3://); "
+                   "replaces the config's sources.")
+    p.add_argument("--weights", nargs="+", type=float, help="Mixing weight per --data source (default: equal).")
+    p.add_argument("--model", help="Base model folder (local or s3://).")
+    p.add_argument("--out", help="Local output folder.")
+    p.add_argument("--config", help="YAML file with a `sft:` or `grpo:` section; flags override it.")
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("eval", help="Generate without hints and compute the paper's metrics.")
-    p.add_argument("--data", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--data", help="Test set: synthesis output, canonical dataset or FEA-20K JSONL (local or s3://).")
+    p.add_argument("--model", help="Model folder (local or s3://); not needed with the replay backend.")
+    p.add_argument("--out", help="Local folder for metrics.json, predictions.jsonl, report.md and plots/.")
+    p.add_argument("--backend", choices=["hf", "vllm", "replay"],
+                   help="Generator backend (default: the config's, else hf); replay re-scores stored completions.")
     p.add_argument("--config", help="YAML file with an `eval:` section.")
     p.add_argument("--limit", type=int, help="Evaluate the first N samples only.")
     p.set_defaults(handler=_eval)
@@ -192,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_loop)
 
     p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
-    p.add_argument("--out", default="demo-out")
+    p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
+    p.add_argument("--faces", type=int, default=200, help="Synthetic faces to render (about 20%% held out).")
+    p.add_argument("--seed-size", dest="seed_size", type=int, default=64, help="Training faces kept as the seed set.")
+    p.add_argument("--config", help="Loop YAML (default: configs/demo.yaml).")
     p.set_defaults(handler=_demo)
     return parser
 

@@ -1,0 +1,115 @@
+"""The generator backend interface and its registry.
+
+A backend turns backend-neutral GenerationRequests (chat messages + one image) into completions.
+Backends are looked up by name; their modules are imported only when asked for, so choosing `hf`
+never imports vLLM. Adding a backend is one module with a `@register("name")` class plus one line in
+`_MODULES`.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import os
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, runtime_checkable
+
+from engine.types import Attempt, GenerationRequest, SamplingParams
+
+if TYPE_CHECKING:
+    from engine.config import GenerationConfig
+
+# name -> module that registers it (imported lazily by `create`)
+_MODULES = {
+    "hf": "engine.backends.hf",
+    "vllm": "engine.backends.vllm",
+    "replay": "engine.backends.replay",
+}
+_REGISTRY: dict[str, type] = {}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    model_id: str  # provenance: which weights produced the completions
+
+    def load(self, model_dir: str | None, adapter: str | None, gen_cfg: "GenerationConfig") -> None: ...
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
+        """params.n Attempts per request, in request order."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (before loading the next round's weights in the same process)."""
+        ...
+
+
+B = TypeVar("B", bound=type)
+
+
+def register(name: str) -> Callable[[B], B]:
+    def decorate(cls: B) -> B:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    return sorted(_MODULES)
+
+
+def create(name: str, model_dir: str | None = None, adapter: str | None = None,
+           gen_cfg: "GenerationConfig | None" = None) -> Backend:
+    """A loaded backend called `name` (model_dir is a local folder; adapter an optional LoRA folder)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown generator backend {name!r}; known: {', '.join(available())}")
+    if name not in _REGISTRY:
+        importlib.import_module(_MODULES[name])
+    from engine.config import GenerationConfig
+
+    backend = _REGISTRY[name]()
+    backend.load(model_dir, adapter, gen_cfg or GenerationConfig(backend=name))
+    return backend
+
+
+# ---------------------------------------------------------------- helpers shared by backends
+def model_fingerprint(model_dir: str, adapter: str | None = None) -> str:
+    """A short, stable id for provenance: folder name + hash of its config and weight file sizes.
+
+    Hashing the weights themselves would read gigabytes; config + sizes tells checkpoints apart.
+    """
+    def describe(folder: str) -> list[Any]:
+        entries: list[Any] = []
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):
+                continue
+            if name.endswith(".json"):
+                with open(path, "rb") as f:
+                    entries.append([name, hashlib.sha256(f.read()).hexdigest()])
+            else:
+                entries.append([name, os.path.getsize(path)])
+        return entries
+
+    parts = [describe(model_dir)] + ([describe(adapter)] if adapter else [])
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+    label = os.path.basename(os.path.normpath(model_dir))
+    if adapter:
+        label += "+" + os.path.basename(os.path.normpath(adapter))
+    return f"{label}@{digest}"
+
+
+def decode_image(data: bytes):
+    """PIL RGB image from encoded bytes (raises on undecodable data)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def error_attempts(request: GenerationRequest, backend: str, model_id: str, error: str, n: int) -> list[Attempt]:
+    """n Attempts standing for a request that could not be generated, carrying the reason."""
+    return [Attempt(sample_id=request.sample_id, attempt=request.attempt, backend=backend, model_id=model_id,
+                    prompt_hash=request.prompt_hash, completion="", error=error) for _ in range(n)]

@@ -1,0 +1,34 @@
+"""Every shipped YAML with a `synth:` section loads into SynthConfig, and flags override it."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import SynthConfig, load_config
+
+CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
+                 if "synth" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_there_is_a_synth_config():
+    assert any(p.name == "synth-cpu.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_synth_config_loads(path):
+    cfg = load_config(SynthConfig, path, section="synth")
+    assert cfg.max_retries >= 0 and cfg.partition_size >= 1
+    lines = path.read_text().splitlines()
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
+    assert "fea synth" in header, "a config is headed by its launch command"
+
+
+def test_flags_override_the_file():
+    path = next(p for p in CONFIGS if p.name == "synth-cpu.yaml")
+    cfg = load_config(SynthConfig, path, {"generation.backend": "vllm", "generators": 2, "max_retries": None},
+                      section="synth")
+    base = load_config(SynthConfig, path, section="synth")
+    assert (cfg.generation.backend, cfg.generators, cfg.max_retries) == ("vllm", 2, base.max_retries)
