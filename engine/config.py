@@ -71,6 +71,9 @@ class SynthConfig(Section):
     filters: int = Field(1, ge=1, description="Filter actors.")
     max_retries: int = Field(5, ge=0, description="Retries after the first attempt (paper: 5).")
     hint: bool = Field(True, description="Label-conditioned prompt (the paper's 'ground truth' block).")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
+                            "or compact (its rules and format only; for small models and CPU runs).")
     partition_size: int = Field(64, ge=1, description="Input samples per committed partition.")
     inflight_batches_per_generator: int = Field(2, ge=1, description="Batches queued per generator actor.")
     generator_num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per generator actor.")
@@ -138,6 +141,8 @@ class LoraSection(Section):
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         description="Module names that get adapters (language model; the vision tower is excluded when frozen).")
+    modules_to_save: tuple[str, ...] = Field(
+        (), description="Modules trained in full and saved beside the adapter (PEFT modules_to_save, e.g. lm_head).")
 
 
 class TrainSection(Section):
@@ -150,6 +155,9 @@ class TrainSection(Section):
     model: ModelConfig = ModelConfig()
     out: str = Field("", description="Local output folder (checkpoints/, adapter/, merged/, runs/, checkpoint.json).")
     round: int = Field(0, ge=0, description="Self-improvement round recorded in checkpoint.json.")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
+                            "or compact (its rules and format only; for small models and CPU runs).")
     lora: LoraSection = LoraSection()
     freeze_vision: bool = Field(True, description="Keep the vision tower (and its merger) fixed.")
     learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
@@ -213,3 +221,44 @@ class EvalSection(Section):
     generation: GenerationConfig = GenerationConfig(max_new_tokens=1024)
     verifier: VerifierConfig = VerifierConfig()
     limit: int | None = Field(None, ge=1, description="Evaluate the first N samples only.")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
+                            "or compact (its rules and format only; for small models and CPU runs).")
+
+
+class LoopConfig(Section):
+    """The self-improvement loop: seed SFT, then per round GRPO -> synthesis -> retraining -> evaluation.
+
+    The loop fills in each stage's data, model and output paths; the stage sections hold everything else.
+    """
+
+    out: str = Field("", description="Run folder (local or s3://): one round-NN/ folder per round, report.md.")
+    work_dir: str | None = Field(None, description="Local scratch for training when `out` is s3:// (default: a temp dir).")
+    base_model: ModelConfig = ModelConfig()
+    seed_data: tuple[str, ...] = Field((), description="Seed reasoning set(s) for round-0 SFT and every retraining.")
+    pool: str = Field("", description="Labelled pool to synthesise reasoning for (canonical dataset or FEA-20K JSONL).")
+    test: str = Field("", description="Held-out test set for the evaluation step.")
+    image_root: str | None = Field(None, description="Image folder for JSONL pool input.")
+    rounds: int = Field(2, ge=1, description="Rounds at most.")
+    patience: int = Field(1, ge=1, description="Stop after this many rounds without a better held-out score.")
+    min_improvement: float = Field(0.0, ge=0.0, description="A round must beat the best score by more than this.")
+    score: Literal["emotion_accuracy", "au_macro_f1", "rouge_l_f", "rege"] = Field(
+        "rege", description="Held-out score that decides early stopping (rege = accuracy + ROUGE-L, FABA-Bench style).")
+    retrain_from: Literal["base", "continue"] = Field(
+        "base", description="Retrain each round from the base model on all data so far, or continue from the last model.")
+    grpo: GRPOSection = GRPOSection()
+    sft: SFTSection = SFTSection()
+    retrain: SFTSection | None = Field(None, description="SFT settings for retraining (default: the `sft` section).")
+    synth: SynthConfig = SynthConfig()
+    eval: EvalSection = EvalSection()
+
+    @model_validator(mode="after")
+    def _required(self) -> "LoopConfig":
+        missing = [name for name in ("out", "pool", "test") if not getattr(self, name)]
+        if not self.base_model.path:
+            missing.append("base_model.path")
+        if not self.seed_data:
+            missing.append("seed_data")
+        if missing:
+            raise ValueError(f"the loop needs {', '.join(missing)}")
+        return self

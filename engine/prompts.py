@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from engine.facs import AU_DESCRIPTIONS, EMOTIONS, label_set_for
 from engine.types import GenerationRequest, Sample, sha256_hex
@@ -19,6 +19,9 @@ from engine.types import GenerationRequest, Sample, sha256_hex
 PROMPT_VERSION = "1"
 
 Message = dict[str, Any]
+# "full" is the paper's prompt (AU definitions and a worked example, ~550 tokens); "compact" keeps its
+# rules and format in ~80 tokens, for small models and CPU runs where prompt length dominates cost.
+PromptStyle = Literal["full", "compact"]
 History = Sequence[tuple[str, Sequence[str]]]  # (previous completion, its verifier reasons)
 
 AU_DEFINITIONS_TEXT = "\n".join(f"{au}: {name}" for au, name in AU_DESCRIPTIONS.items())
@@ -50,6 +53,10 @@ Example:
 Respond in exactly this format:
 <think>your analysis</think>
 <answer>{answer_slot}</answer>"""
+
+_COMPACT_INSTRUCTIONS = """{question}
+Describe the facial features, each followed by its Action Unit id in parentheses, e.g. "brows pulled together (AU4)", reason from them to the emotion, and avoid negative or uncertain words. {answer_rule}
+Respond as <think>your analysis</think><answer>{answer_slot}</answer>"""
 
 _RETRY_HEAD = "Your previous response had these problems:"
 _RETRY_TAIL = "Write a new response that fixes them, in exactly the same <think>...</think><answer>...</answer> format."
@@ -89,9 +96,10 @@ def hint_block(sample: Sample) -> str:
     return "\n".join(lines)
 
 
-def prompt_text(sample: Sample, *, hint: bool) -> str:
+def prompt_text(sample: Sample, *, hint: bool, style: PromptStyle = "full") -> str:
     label_set = prompt_label_set(sample)
-    text = _INSTRUCTIONS.format(
+    template = _INSTRUCTIONS if style == "full" else _COMPACT_INSTRUCTIONS
+    text = template.format(
         question=sample.question.strip() or "What is the emotion of this face?",
         answer_rule=_answer_rule(label_set),
         definitions=AU_DEFINITIONS_TEXT,
@@ -145,9 +153,10 @@ def retry_text(reasons: Sequence[str]) -> str:
     return f"{_RETRY_HEAD}\n{describe_reasons(reasons)}\n{_RETRY_TAIL}"
 
 
-def build_messages(sample: Sample, *, hint: bool, history: History = ()) -> tuple[Message, ...]:
+def build_messages(sample: Sample, *, hint: bool, history: History = (),
+                   style: PromptStyle = "full") -> tuple[Message, ...]:
     messages: list[Message] = [{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": prompt_text(sample, hint=hint)}]}]
+        {"type": "image"}, {"type": "text", "text": prompt_text(sample, hint=hint, style=style)}]}]
     for completion, reasons in history:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": completion}]})
         messages.append({"role": "user", "content": [{"type": "text", "text": retry_text(reasons)}]})
@@ -173,7 +182,8 @@ def prompt_hash(messages: Iterable[Message]) -> str:
     return sha256_hex(canonical.encode("utf-8"))
 
 
-def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = ()) -> GenerationRequest:
-    messages = build_messages(sample, hint=hint, history=history)
+def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = (),
+                 style: PromptStyle = "full") -> GenerationRequest:
+    messages = build_messages(sample, hint=hint, history=history, style=style)
     return GenerationRequest(key=f"{sample.id}#{attempt}", sample_id=sample.id, attempt=attempt,
                              messages=messages, image=sample.image, prompt_hash=prompt_hash(messages))

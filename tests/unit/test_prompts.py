@@ -130,3 +130,14 @@ def test_make_request():
     assert request.messages == build_messages(sample(), hint=True, history=history)
     assert request.prompt_hash == prompt_hash(request.messages)
     assert PROMPT_VERSION
+
+
+def test_compact_style_keeps_the_rules_and_format_without_definitions():
+    full, compact = user_text(build_messages(sample(), hint=True)), user_text(build_messages(sample(), hint=True,
+                                                                                              style="compact"))
+    assert len(compact) < len(full) / 2
+    assert "AU12: lip corner puller" not in compact and "(AU4)" in compact
+    assert "<think>" in compact and "<answer>" in compact and "Answer with exactly one word" in compact
+    assert "MUST identify these Action Units: AU1" in compact  # the hint block is the same in both styles
+    assert make_request(sample(), 0, hint=True).prompt_hash != make_request(sample(), 0, hint=True,
+                                                                            style="compact").prompt_hash

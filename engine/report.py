@@ -1,0 +1,119 @@
+"""Markdown and PNG report helpers (matplotlib, Agg backend: no display needed).
+
+General on purpose: evaluation uses them for one model, the round loop for a series of rounds.
+Each plot function writes one PNG and returns its path; Markdown helpers return strings that a
+caller joins with `write_markdown`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+# ---------------------------------------------------------------- Markdown
+def fmt(value: Any, digits: int = 3) -> str:
+    """A table cell: floats rounded, None and NaN as an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(cell, digits) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def image_link(path: str | Path, relative_to: str | Path, alt: str = "") -> str:
+    rel = Path(path).resolve().relative_to(Path(relative_to).resolve())
+    return f"![{alt or rel.stem}]({rel.as_posix()})"
+
+
+def write_markdown(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """# title, then one `## heading` + body per section."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body.rstrip(), ""]
+    path.write_text("\n".join(parts))
+    return path
+
+
+# ---------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str],
+                          path: str | Path, title: str = "Confusion matrix") -> Path:
+    """Counts with gold labels as rows and predictions as columns; each cell annotated."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * max(len(columns), 2), 1.0 + 0.7 * max(len(rows), 2)))
+    data = [list(r) for r in matrix] or [[0] * len(columns)]
+    image = ax.imshow(data, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title)
+    peak = max((max(r) for r in data if r), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def plot_bars(values: Mapping[str, float | None], path: str | Path, title: str, ylabel: str,
+              ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+    """One bar per key (None drawn as an empty slot), value printed above each bar."""
+    plt = _pyplot()
+    names = list(values)
+    heights = [0.0 if values[k] is None else float(values[k]) for k in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.5))
+    bars = ax.bar(range(len(names)), heights, color="tab:blue")
+    crowded = len(names) > 6
+    ax.set_xticks(range(len(names)), labels=names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    for bar, key in zip(bars, names):
+        ax.annotate(fmt(values[key], 2), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float | None]], path: str | Path, title: str,
+               xlabel: str, ylabel: str) -> Path:
+    """Several named series over a shared x (e.g. metrics per round); None values leave gaps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for name, ys in series.items():
+        ax.plot(list(x), [math.nan if y is None else y for y in ys], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if series:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

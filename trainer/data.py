@@ -1,0 +1,180 @@
+"""Committed shards -> TRL datasets, streamed and mixed by weight.
+
+Both stages get a `datasets.IterableDataset` built with `IterableDataset.from_generator` over
+`engine.dataset.iter_samples`: rows are read while training runs, nothing is copied first. TRL 1.16
+takes iterable datasets in SFTTrainer and GRPOTrainer (GRPO rebuilds its prompt groups from the
+stream), on the condition that `max_steps` is set: `count_rows` gives the row count when a run is
+sized in epochs instead. Several sources are mixed with `datasets.interleave_datasets`, sampled by
+their normalised weights.
+
+Rows (the formats TRL documents for vision-language data):
+- SFT:  {"images": [image], "prompt": [user message], "completion": [assistant message]}, where the
+  user message is engine.prompts' evaluation prompt (no label hint) and the completion is the
+  sample's reference `description`. Samples without a description cannot teach anything; they are
+  skipped and counted in `DataStats` (reported in the run summary).
+- GRPO: {"prompt": [user message], "image": image, "gold_aus", "gold_labels", "dataset", "sample_id"};
+  the extra columns reach the reward functions as keyword arguments.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Sequence
+
+from engine.config import DataSource
+from engine.prompts import PromptStyle
+from engine.storage import redact
+from engine.types import Sample
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["sft", "grpo"]
+
+
+@dataclass
+class SourceStats:
+    """What one source has delivered so far (every usable sample after a full pass); ids are kept so
+    repeated passes (epochs) are not double-counted."""
+
+    uri: str
+    rows: set[str] = field(default_factory=set)
+    skipped_no_description: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "rows": len(self.rows), "skipped_no_description": len(self.skipped_no_description)}
+
+
+@dataclass
+class DataStats:
+    sources: list[SourceStats]
+
+    def as_dict(self) -> dict[str, Any]:
+        per_source = [s.as_dict() for s in self.sources]
+        return {
+            "rows": sum(s["rows"] for s in per_source),
+            "skipped_no_description": sum(s["skipped_no_description"] for s in per_source),
+            "sources": per_source,
+        }
+
+
+# ---------------------------------------------------------------- row formats
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message in the fixed Arrow shape {role, content: [{type, text}]}; other keys are an error."""
+    content = message["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    parts = []
+    for part in content:
+        unknown = set(part) - {"type", "text"}
+        if unknown:
+            raise ValueError(f"chat message part with unsupported keys {sorted(unknown)}: {part}")
+        parts.append({"type": part["type"], "text": part.get("text")})
+    return {"role": message["role"], "content": parts}
+
+
+def prompt_messages(sample: Sample, style: PromptStyle = "full") -> list[dict[str, Any]]:
+    """The evaluation prompt (no label hint), as the model sees it at test time."""
+    from engine.prompts import build_messages
+
+    return [_message(m) for m in build_messages(sample, hint=False, style=style)]
+
+
+def _image(sample: Sample) -> dict[str, Any]:
+    # Encoded bytes go straight into the Image feature, decoded to PIL only when a row is read.
+    return {"bytes": sample.image, "path": None}
+
+
+def sft_row(sample: Sample, style: PromptStyle = "full") -> dict[str, Any]:
+    return {
+        "images": [_image(sample)],
+        "prompt": prompt_messages(sample, style),
+        "completion": [_message({"role": "assistant", "content": sample.description})],
+    }
+
+
+def grpo_row(sample: Sample, style: PromptStyle = "full") -> dict[str, Any]:
+    return {
+        "prompt": prompt_messages(sample, style),
+        "image": _image(sample),
+        "gold_aus": list(sample.aus),
+        "gold_labels": list(sample.labels),
+        "dataset": sample.dataset,
+        "sample_id": sample.id,
+    }
+
+
+def _features(stage: Stage):
+    from datasets import Features, Image, List, Value
+
+    message = {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
+    if stage == "sft":
+        return Features({"images": List(Image()), "prompt": List(message), "completion": List(message)})
+    return Features({"prompt": List(message), "image": Image(), "gold_aus": List(Value("string")),
+                     "gold_labels": List(Value("string")), "dataset": Value("string"), "sample_id": Value("string")})
+
+
+# ---------------------------------------------------------------- streams
+def _rows(uri: str, stage: Stage, stats: SourceStats, style: PromptStyle = "full") -> Iterator[dict[str, Any]]:
+    from engine.dataset import iter_samples
+
+    yielded = 0
+    for sample in iter_samples(uri):
+        if stage == "sft" and not sample.description.strip():
+            if not stats.skipped_no_description:
+                log.warning("%s: SFT skips samples without a description (first: %s); the run summary counts them",
+                            redact(uri), sample.id)
+            stats.skipped_no_description.add(sample.id)
+            continue
+        stats.rows.add(sample.id)
+        yielded += 1
+        yield sft_row(sample, style) if stage == "sft" else grpo_row(sample, style)
+    if not yielded:  # an empty source would otherwise surface as an opaque error deep inside the trainer
+        raise ValueError(f"{redact(uri)}: no usable {stage.upper()} rows ({len(stats.skipped_no_description)} "
+                         "without a description; unusable records are logged by engine.dataset)")
+
+
+def _source_stream(uri: str, stage: Stage, stats: SourceStats, style: PromptStyle):
+    from datasets import IterableDataset
+
+    # A closure, not gen_kwargs: datasets would treat a list-valued kwarg as shards to split.
+    def generate() -> Iterator[dict[str, Any]]:
+        yield from _rows(uri, stage, stats, style)
+
+    return IterableDataset.from_generator(generate, features=_features(stage))
+
+
+def mixing_probabilities(sources: Sequence[DataSource]) -> list[float]:
+    total = sum(source.weight for source in sources)
+    return [source.weight / total for source in sources]
+
+
+def build_dataset(sources: Sequence[DataSource], stage: Stage, *, seed: int = 0,
+                  stopping: Literal["all_exhausted", "first_exhausted"] = "all_exhausted",
+                  shuffle_buffer: int = 0, prompt_style: PromptStyle = "full"):
+    """One streamed dataset over all sources (weighted mix); returns (dataset, stats)."""
+    from datasets import interleave_datasets
+
+    if not sources:
+        raise ValueError("no training data: give at least one source (--data URI)")
+    stats = DataStats([SourceStats(source.uri) for source in sources])
+    streams = [_source_stream(source.uri, stage, s, prompt_style) for source, s in zip(sources, stats.sources)]
+    dataset = streams[0] if len(streams) == 1 else interleave_datasets(
+        streams, probabilities=mixing_probabilities(sources), seed=seed, stopping_strategy=stopping)
+    if shuffle_buffer > 1:
+        dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+    return dataset, stats
+
+
+def count_rows(sources: Sequence[DataSource], stage: Stage) -> int:
+    """Rows one pass over every source yields (one read of the data; only needed to size a run in epochs)."""
+    stats = DataStats([SourceStats(source.uri) for source in sources])
+    for source, s in zip(sources, stats.sources):
+        for _ in _rows(source.uri, stage, s):
+            pass
+    return stats.as_dict()["rows"]
+
+
+def steps_for_epochs(rows: int, epochs: float, rows_per_step: int) -> int:
+    return max(1, math.ceil(rows * epochs / rows_per_step))
+

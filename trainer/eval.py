@@ -1,0 +1,138 @@
+"""`fea eval`: generate answers without the label hint through a generator backend, then compute the
+paper's metrics (trainer.metrics) overall and per source dataset.
+
+Writes OUT/predictions.jsonl (one line per sample, the fields every metric is computed from),
+OUT/metrics.json, OUT/report.md and OUT/plots/*.png. Samples whose generation failed stay in with an
+empty completion: they count as wrong, never skipped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from engine import report, storage
+from engine.config import EvalSection, load_config
+from engine.types import Sample, SamplingParams
+from trainer.metrics import EvalRecord, Prediction, compute_metrics, confusion, gold_label, per_dataset, predict, rouge_l
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # samples per generate call: bounds memory (images) while keeping backend batches full
+
+
+def eval_config(data: str | None = None, model: str | None = None, out: str | None = None,
+                backend: str | None = None, config_path: str | None = None, limit: int | None = None) -> EvalSection:
+    overrides = {"data": data, "model.path": model, "out": out, "generation.backend": backend, "limit": limit}
+    return load_config(EvalSection, config_path, overrides, section="eval" if config_path else None)
+
+
+def run_eval_cli(data: str | None, model: str | None, out: str | None, backend: str | None = None,
+                 config_path: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    return run_eval(eval_config(data, model, out, backend, config_path, limit))
+
+
+# ---------------------------------------------------------------- generation
+def _chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
+    while chunk := list(islice(samples, size)):
+        yield chunk
+
+
+def generate_records(cfg: EvalSection) -> list[EvalRecord]:
+    """Every test sample with its completion, generated greedily (by default) with no label hint."""
+    from tqdm import tqdm
+
+    from engine.backends import create
+    from engine.dataset import iter_samples
+    from engine.prompts import make_request
+
+    # s3:// folders are copied once to a local cache; the replay backend serves stored completions, no model
+    model_dir = storage.materialize(cfg.model.path) if cfg.model.path else None
+    adapter = storage.materialize(cfg.model.adapter) if cfg.model.adapter else None
+    gen = cfg.generation
+    params = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                            n=1, seed=gen.seed)
+    backend = create(gen.backend, model_dir, adapter, gen)
+    records: list[EvalRecord] = []
+    try:
+        samples = islice(iter_samples(cfg.data), cfg.limit)
+        with tqdm(desc="eval", unit="sample") as bar:
+            for chunk in _chunks(samples, CHUNK):
+                attempts = backend.generate([make_request(s, 0, hint=False, style=cfg.prompt_style) for s in chunk], params)
+                for sample, (attempt, *_) in zip(chunk, attempts, strict=True):
+                    records.append(EvalRecord(sample.id, sample.dataset, sample.aus, sample.labels, sample.description,
+                                              attempt.completion if attempt.error is None else "", attempt.error))
+                bar.update(len(chunk))
+    finally:
+        backend.close()
+    return records
+
+
+# ---------------------------------------------------------------- outputs
+def prediction_rows(records: Sequence[EvalRecord], predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
+    rows = []
+    for r, p in zip(records, predictions, strict=True):
+        rows.append({
+            "id": r.sample_id, "dataset": r.dataset, "gold_aus": list(r.gold_aus), "gold_labels": list(r.gold_labels),
+            "completion": r.completion, "error": r.error, "pred_label": p.label, "pred_aus": list(p.aus),
+            "format_ok": p.format_ok, "correct": (p.label == gold_label(r)) if r.gold_labels else None,
+            "rouge_l": rouge_l(r.completion, r.gold_description) if r.gold_description.strip() else None,
+        })
+    return rows
+
+
+def write_report(metrics: dict[str, Any], out: Path) -> dict[str, str]:
+    """OUT/report.md with the tables, OUT/plots/confusion.png and OUT/plots/per_au_f1.png."""
+    plots = out / "plots"
+    overall, conf = metrics["overall"], metrics["confusion"]
+    files = {"confusion": report.plot_confusion_matrix(conf["matrix"], conf["rows"], conf["columns"],
+                                                       plots / "confusion.png", "Emotion: gold vs predicted"),
+             "per_au_f1": report.plot_bars(overall["per_au_f1"], plots / "per_au_f1.png", "F1 per AU", "F1")}
+    headers = ["split", "n", "emotion acc", "AU F1 macro", "AU F1 micro", "ROUGE-L F", "format rate", "errors"]
+
+    def row(name: str, m: dict[str, Any]) -> list[Any]:
+        return [name, m["n"], m["emotion_accuracy"], m["au_macro_f1"], m["au_micro_f1"], m["rouge_l_f"],
+                m["format_rate"], m["errors"]]
+
+    rows = [row("all", overall)] + [row(name, m) for name, m in metrics["per_dataset"].items()]
+    sections = [
+        ("Setup", report.markdown_table(["data", "model", "adapter", "backend"],
+                                        [[metrics["data"], metrics["model"], metrics["adapter"], metrics["backend"]]])),
+        ("Metrics", report.markdown_table(headers, rows) + "\n\nAccuracy counts missing or unknown answers as wrong; "
+         "AU-only datasets have no accuracy (—)."),
+        ("AU F1 per AU", report.markdown_table(["AU", "F1"], list(overall["per_au_f1"].items())) + "\n\n"
+         + report.image_link(files["per_au_f1"], out, "per-AU F1")),
+        ("Confusion matrix", report.image_link(files["confusion"], out, "confusion matrix")),
+    ]
+    files["report"] = report.write_markdown(out / "report.md", "Evaluation", sections)
+    return {name: str(path) for name, path in files.items()}
+
+
+def run_eval(cfg: EvalSection) -> dict[str, Any]:
+    if not cfg.data or not cfg.out or not (cfg.model.path or cfg.generation.backend == "replay"):
+        raise ValueError("evaluation needs data, a model and an output folder (--data, --model, --out)")
+    if storage.is_s3(cfg.out):
+        raise ValueError("evaluation writes a local report: give a local --out")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = generate_records(cfg)
+    if not records:
+        raise ValueError(f"{storage.redact(cfg.data)} holds no usable sample to evaluate")
+    predictions = [predict(r) for r in records]
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as lines:
+        for row in prediction_rows(records, predictions):
+            lines.write(json.dumps(row, sort_keys=True) + "\n")
+    metrics = {
+        "data": storage.redact(cfg.data), "model": storage.redact(cfg.model.path) or None,
+        "adapter": storage.redact(cfg.model.adapter) if cfg.model.adapter else None,
+        "backend": cfg.generation.backend, "generation": cfg.generation.model_dump(mode="json"),
+        "n": len(records), "overall": compute_metrics(records, predictions).as_dict(),
+        "per_dataset": {name: m.as_dict() for name, m in per_dataset(records, predictions).items()},
+        "confusion": confusion(records, predictions),
+    }
+    metrics["files"] = {"predictions": str(out / "predictions.jsonl"), "metrics": str(out / "metrics.json"),
+                        **write_report(metrics, out)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics

@@ -1,0 +1,95 @@
+"""GRPO with verifiable rewards (TRL GRPOTrainer, PEFT LoRA by default).
+
+Each prompt (image + evaluation prompt, no label hint) gets `num_generations` sampled completions;
+engine.verifier scores them (R_AU, R_acc, R_format, weighted by the verifier config) and TRL turns
+the group-relative rewards into the policy update, with a KL term (beta) against the reference
+model (the base weights with the adapter switched off, under LoRA).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.config import GRPOSection
+from trainer import common
+from trainer.data import build_dataset, count_rows
+from trainer.rewards import RewardRecorder, VerifierRewards
+
+log = logging.getLogger(__name__)
+
+
+def generation_kwargs(processor, use_vllm: bool) -> dict[str, Any]:
+    """Forbid the vision special tokens in rollouts: a sampled <|image_pad|> would break the next
+    training forward ("image features and image tokens do not match"). A trained model never emits
+    them; a random or young one can."""
+    from engine.tinymodel import blocked_token_ids
+
+    blocked = blocked_token_ids(processor)
+    if not blocked:
+        return {}
+    if use_vllm:
+        return {"logit_bias": {token: -100.0 for token in blocked}}
+    return {"bad_words_ids": [[token] for token in blocked]}
+
+
+def rewards_log_name() -> str:
+    rank = int(os.environ.get("RANK", "0"))
+    return "rewards.jsonl" if rank == 0 else f"rewards-rank{rank}.jsonl"
+
+
+def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
+    from trl import GRPOConfig, GRPOTrainer
+
+    started = time.time()
+    out = Path(cfg.out)
+    resumed_from = common.resume_point(out, resume)
+
+    # Model, processor (left padding for generation), and what gets trained.
+    model_dir = common.local_model_dir(cfg.model.path)
+    processor = common.load_processor(model_dir, padding_side="left")
+    model = common.load_model(model_dir, cfg.precision)
+    peft_config = common.trainable_setup(model, cfg)
+
+    # Data: streamed prompts with their gold labels, sources mixed by weight.
+    # Shuffled here (TRL's own shuffle is switched off below) so shuffle_buffer means the same in both stages.
+    train_data, stats = build_dataset(cfg.data, "grpo", seed=cfg.seed, stopping=cfg.mix_stopping,
+                                      shuffle_buffer=cfg.shuffle_buffer, prompt_style=cfg.prompt_style)
+    eval_data = build_dataset(cfg.eval_data, "grpo", seed=cfg.seed,
+                              prompt_style=cfg.prompt_style)[0] if cfg.eval_data else None
+    completions_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
+    max_steps = common.resolve_max_steps(cfg, completions_per_step / cfg.num_generations,
+                                         lambda: count_rows(cfg.data, "grpo"))
+
+    # Rewards: the verifier, once per completion; optionally recorded to OUT/rewards.jsonl (one file
+    # per process when distributed). A resumed run redoes the steps after its checkpoint.
+    recorder = RewardRecorder(out / rewards_log_name()) if cfg.record_rewards else None
+    if recorder is not None and resumed_from is not None:
+        recorder.drop_from_step(common.checkpoint_step(resumed_from))
+    rewards = VerifierRewards(cfg.verifier, recorder)
+
+    # TRL trainer.
+    args = GRPOConfig(
+        **common.training_arguments(cfg, out, max_steps, eval_data is not None),
+        num_generations=cfg.num_generations, beta=cfg.beta, epsilon=cfg.epsilon, temperature=cfg.temperature,
+        top_p=cfg.top_p, max_completion_length=cfg.max_completion_length, num_iterations=cfg.num_iterations,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=rewards.reward_weights(),
+        shuffle_dataset=False, log_completions=cfg.log_completions,
+        generation_kwargs=generation_kwargs(processor, cfg.use_vllm), use_vllm=cfg.use_vllm,
+        **({"vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
+           if cfg.use_vllm else {}),
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards.functions(), args=args, train_dataset=train_data,
+                          eval_dataset=eval_data, processing_class=processor, peft_config=peft_config)
+
+    # Train (from the last checkpoint when resuming), then save adapter + merged model.
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    extra = {"rewards_log": str(recorder.path) if recorder else None}
+    return common.finish(trainer, processor, cfg, stage="grpo", model_dir=model_dir, out=out, train_result=result,
+                         resumed_from=resumed_from, data_stats=stats.as_dict(), started=started, extra=extra)

@@ -1,0 +1,52 @@
+"""`fea train sft|grpo`: config file + flags -> one training run -> summary dict."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from engine import storage
+from engine.config import GRPOSection, SFTSection, dump_config, load_config
+
+log = logging.getLogger(__name__)
+
+SECTIONS = {"sft": SFTSection, "grpo": GRPOSection}
+
+
+def training_config(stage: str, *, data: Sequence[str] | None = None, weights: Sequence[float] | None = None,
+                    model: str | None = None, out: str | None = None, config_path: str | None = None,
+                    max_steps: int | None = None) -> SFTSection | GRPOSection:
+    """The stage's section of `config_path` (paper defaults without one), flags overriding it.
+    --data replaces the file's sources; --weights gives their mixing weights (default equal)."""
+    if stage not in SECTIONS:
+        raise ValueError(f"unknown training stage {stage!r}; expected one of {sorted(SECTIONS)}")
+    overrides: dict[str, Any] = {"model.path": model, "out": out, "max_steps": max_steps}
+    if data:
+        if weights is not None and len(weights) != len(data):
+            raise ValueError(f"{len(weights)} weights for {len(data)} data sources")
+        overrides["data"] = [{"uri": uri, "weight": w} for uri, w in zip(data, weights or [1.0] * len(data))]
+    elif weights is not None:
+        raise ValueError("--weights needs --data")
+    section = stage if config_path else None
+    return load_config(SECTIONS[stage], config_path, overrides, section=section)
+
+
+def run_training(stage: str, data: Sequence[str] | None, model: str | None, out: str | None,
+                 config_path: str | None = None, resume: bool = False, max_steps: int | None = None,
+                 weights: Sequence[float] | None = None) -> dict[str, Any]:
+    cfg = training_config(stage, data=data, weights=weights, model=model, out=out, config_path=config_path,
+                          max_steps=max_steps)
+    if not cfg.out:
+        raise ValueError("no output folder (--out or out in the config)")
+    if storage.is_s3(cfg.out):
+        raise ValueError("training writes checkpoints to a local folder: give a local --out (copy it to S3 after)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stage}-config.yaml").write_text(dump_config(cfg))
+    if stage == "sft":
+        from trainer.sft import run_sft
+
+        return run_sft(cfg, resume=resume)
+    from trainer.grpo import run_grpo
+
+    return run_grpo(cfg, resume=resume)
