@@ -189,6 +189,9 @@ class TrainSection(Section):
 class SFTSection(TrainSection):
     max_length: int | None = Field(None, ge=16, description="Truncate tokenised rows to this length (None = never).")
     completion_only_loss: bool = Field(True, description="Loss on the assistant completion only, not on the prompt.")
+    hint_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of rows (by id hash) whose prompt carries the label hint used in "
+        "synthesis; 0 = the paper's SFT. Teaches a model too small to follow instructions to use the hint.")
 
 
 class GRPOSection(TrainSection):

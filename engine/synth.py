@@ -203,6 +203,43 @@ class Prefetcher:
 
 
 # ---------------------------------------------------------------- actors
+def _new_generators(cfg: SynthConfig, job_id: str) -> list:
+    from actors.generator import GeneratorActor
+
+    gen_cfg = cfg.generation.model_dump(mode="json")
+    return [GeneratorActor.options(
+        name=f"fea-{job_id}-generator-{i}", num_cpus=cfg.generator_num_cpus, num_gpus=cfg.generator_num_gpus,
+        max_restarts=-1, max_task_retries=0).remote(
+        cfg.generation.backend, cfg.model.path or None, cfg.model.adapter, gen_cfg) for i in range(cfg.generators)]
+
+
+class GeneratorFleet:
+    """Generator actors that outlive one job: the loop's next round reloads its model into them
+    (`GeneratorActor.reload`) instead of starting new actors, as long as the backend settings match."""
+
+    def __init__(self) -> None:
+        self.actors: list = []
+        self.settings: tuple | None = None
+
+    def acquire(self, cfg: SynthConfig, job_id: str) -> list:
+        import ray
+
+        settings = (cfg.generation.model_dump_json(), cfg.generators, cfg.generator_num_cpus, cfg.generator_num_gpus)
+        if self.actors and settings == self.settings:
+            ray.get([a.reload.remote(cfg.model.path or None, cfg.model.adapter) for a in self.actors])
+            return self.actors
+        self.release()
+        self.actors, self.settings = _new_generators(cfg, job_id), settings
+        return self.actors
+
+    def release(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors, self.settings = [], None
+
+
 @dataclass
 class ActorPool:
     generators: list
@@ -211,13 +248,13 @@ class ActorPool:
     started_ray: bool
     model_ids: list[str]
     startup_seconds: float
+    fleet: GeneratorFleet | None = None  # owns the generators when given
 
     @classmethod
-    def start(cls, cfg: SynthConfig, job_id: str) -> "ActorPool":
+    def start(cls, cfg: SynthConfig, job_id: str, fleet: GeneratorFleet | None = None) -> "ActorPool":
         import ray
 
         from actors.filter import FilterActor
-        from actors.generator import GeneratorActor
         from actors.writer import WriterActor
         from engine.raycluster import ensure_ray
 
@@ -229,17 +266,13 @@ class ActorPool:
             if started:
                 ray.shutdown()
             raise
-        gen_cfg = cfg.generation.model_dump(mode="json")
-        generators = [GeneratorActor.options(
-            name=f"fea-{job_id}-generator-{i}", num_cpus=cfg.generator_num_cpus, num_gpus=cfg.generator_num_gpus,
-            max_restarts=-1, max_task_retries=0).remote(
-            cfg.generation.backend, cfg.model.path or None, cfg.model.adapter, gen_cfg) for i in range(cfg.generators)]
+        generators = fleet.acquire(cfg, job_id) if fleet else _new_generators(cfg, job_id)
         # Filters and the writer are light (text checks, file writes): reserving a CPU for each
         # would starve the generators on small machines.
         filters = [FilterActor.options(num_cpus=0, max_restarts=-1).remote(cfg.verifier.model_dump(mode="json"))
                    for _ in range(cfg.filters)]
         writer = WriterActor.options(num_cpus=0, max_restarts=-1).remote(cfg.out)
-        pool = cls(generators, filters, writer, started, [], 0.0)
+        pool = cls(generators, filters, writer, started, [], 0.0, fleet)
         try:
             pool.model_ids = ray.get([g.model_id.remote() for g in generators])  # surfaces load errors now
         except Exception:
@@ -256,7 +289,8 @@ class ActorPool:
         if self.started_ray:
             ray.shutdown()
             return
-        for actor in self.generators + self.filters + [self.writer]:
+        owned = self.filters + [self.writer] + ([] if self.fleet else self.generators)
+        for actor in owned:
             ray.kill(actor, no_restart=True)
 
 
@@ -544,8 +578,10 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------- the job
-def run_synth(cfg: SynthConfig) -> dict[str, Any]:
-    """Run (or resume) a synthesis job; returns the summary also written to OUT/summary.json."""
+def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None) -> dict[str, Any]:
+    """Run (or resume) a synthesis job; returns the summary also written to OUT/summary.json.
+
+    With a `fleet`, the job uses (and leaves running) its generator actors; the caller releases them."""
     started = time.monotonic()
     cfg = resolve_config(cfg)
     job_id = cfg.job_id or default_job_id(cfg.out)
@@ -564,7 +600,7 @@ def run_synth(cfg: SynthConfig) -> dict[str, Any]:
     progress = Progress(cfg.progress, already_done=counts.done)
     source = Prefetcher(itertools.chain([first], partitions), depth=4)  # reads on while Ray starts
     try:
-        pool = ActorPool.start(cfg, job_id)
+        pool = ActorPool.start(cfg, job_id, fleet)
         try:
             stats = Scheduler(cfg, job_id, pool, progress, counts).run(source, plan)
         finally:

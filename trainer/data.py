@@ -25,7 +25,7 @@ from typing import Any, Iterator, Literal, Sequence
 from engine.config import DataSource
 from engine.prompts import PromptStyle
 from engine.storage import redact
-from engine.types import Sample
+from engine.types import Sample, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,24 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": message["role"], "content": parts}
 
 
-def prompt_messages(sample: Sample, style: PromptStyle = "full") -> list[dict[str, Any]]:
-    """The evaluation prompt (no label hint), as the model sees it at test time."""
+@dataclass(frozen=True)
+class PromptFormat:
+    """How samples become prompts: the template, and the share of SFT rows whose prompt carries the
+    label hint (0, the paper's SFT, trains on the evaluation prompt only)."""
+
+    style: PromptStyle = "full"
+    hint_fraction: float = 0.0
+
+    def hint_for(self, sample_id: str) -> bool:
+        # Chosen by a hash of the id, so a sample keeps its prompt across epochs, ranks and resumes.
+        return self.hint_fraction > 0 and int(sha256_hex(sample_id.encode())[:8], 16) < self.hint_fraction * 2**32
+
+
+def prompt_messages(sample: Sample, fmt: PromptFormat = PromptFormat(), hint: bool = False) -> list[dict[str, Any]]:
+    """The prompt as the model sees it: by default the evaluation prompt (no label hint)."""
     from engine.prompts import build_messages
 
-    return [_message(m) for m in build_messages(sample, hint=False, style=style)]
+    return [_message(m) for m in build_messages(sample, hint=hint, style=fmt.style)]
 
 
 def _image(sample: Sample) -> dict[str, Any]:
@@ -85,17 +98,17 @@ def _image(sample: Sample) -> dict[str, Any]:
     return {"bytes": sample.image, "path": None}
 
 
-def sft_row(sample: Sample, style: PromptStyle = "full") -> dict[str, Any]:
+def sft_row(sample: Sample, fmt: PromptFormat = PromptFormat()) -> dict[str, Any]:
     return {
         "images": [_image(sample)],
-        "prompt": prompt_messages(sample, style),
+        "prompt": prompt_messages(sample, fmt, hint=fmt.hint_for(sample.id)),
         "completion": [_message({"role": "assistant", "content": sample.description})],
     }
 
 
-def grpo_row(sample: Sample, style: PromptStyle = "full") -> dict[str, Any]:
+def grpo_row(sample: Sample, fmt: PromptFormat = PromptFormat()) -> dict[str, Any]:
     return {
-        "prompt": prompt_messages(sample, style),
+        "prompt": prompt_messages(sample, fmt),
         "image": _image(sample),
         "gold_aus": list(sample.aus),
         "gold_labels": list(sample.labels),
@@ -115,7 +128,7 @@ def _features(stage: Stage):
 
 
 # ---------------------------------------------------------------- streams
-def _rows(uri: str, stage: Stage, stats: SourceStats, style: PromptStyle = "full") -> Iterator[dict[str, Any]]:
+def _rows(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat = PromptFormat()) -> Iterator[dict[str, Any]]:
     from engine.dataset import iter_samples
 
     yielded = 0
@@ -128,18 +141,18 @@ def _rows(uri: str, stage: Stage, stats: SourceStats, style: PromptStyle = "full
             continue
         stats.rows.add(sample.id)
         yielded += 1
-        yield sft_row(sample, style) if stage == "sft" else grpo_row(sample, style)
+        yield sft_row(sample, fmt) if stage == "sft" else grpo_row(sample, fmt)
     if not yielded:  # an empty source would otherwise surface as an opaque error deep inside the trainer
         raise ValueError(f"{redact(uri)}: no usable {stage.upper()} rows ({len(stats.skipped_no_description)} "
                          "without a description; unusable records are logged by engine.dataset)")
 
 
-def _source_stream(uri: str, stage: Stage, stats: SourceStats, style: PromptStyle):
+def _source_stream(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat):
     from datasets import IterableDataset
 
     # A closure, not gen_kwargs: datasets would treat a list-valued kwarg as shards to split.
     def generate() -> Iterator[dict[str, Any]]:
-        yield from _rows(uri, stage, stats, style)
+        yield from _rows(uri, stage, stats, fmt)
 
     return IterableDataset.from_generator(generate, features=_features(stage))
 
@@ -151,14 +164,14 @@ def mixing_probabilities(sources: Sequence[DataSource]) -> list[float]:
 
 def build_dataset(sources: Sequence[DataSource], stage: Stage, *, seed: int = 0,
                   stopping: Literal["all_exhausted", "first_exhausted"] = "all_exhausted",
-                  shuffle_buffer: int = 0, prompt_style: PromptStyle = "full"):
+                  shuffle_buffer: int = 0, fmt: PromptFormat = PromptFormat()):
     """One streamed dataset over all sources (weighted mix); returns (dataset, stats)."""
     from datasets import interleave_datasets
 
     if not sources:
         raise ValueError("no training data: give at least one source (--data URI)")
     stats = DataStats([SourceStats(source.uri) for source in sources])
-    streams = [_source_stream(source.uri, stage, s, prompt_style) for source, s in zip(sources, stats.sources)]
+    streams = [_source_stream(source.uri, stage, s, fmt) for source, s in zip(sources, stats.sources)]
     dataset = streams[0] if len(streams) == 1 else interleave_datasets(
         streams, probabilities=mixing_probabilities(sources), seed=seed, stopping_strategy=stopping)
     if shuffle_buffer > 1:

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.config import GRPOSection
 from trainer import common
-from trainer.data import build_dataset, count_rows
+from trainer.data import PromptFormat, build_dataset, count_rows
 from trainer.rewards import RewardRecorder, VerifierRewards
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,10 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
 
     # Data: streamed prompts with their gold labels, sources mixed by weight.
     # Shuffled here (TRL's own shuffle is switched off below) so shuffle_buffer means the same in both stages.
+    fmt = PromptFormat(cfg.prompt_style)
     train_data, stats = build_dataset(cfg.data, "grpo", seed=cfg.seed, stopping=cfg.mix_stopping,
-                                      shuffle_buffer=cfg.shuffle_buffer, prompt_style=cfg.prompt_style)
-    eval_data = build_dataset(cfg.eval_data, "grpo", seed=cfg.seed,
-                              prompt_style=cfg.prompt_style)[0] if cfg.eval_data else None
+                                      shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
+    eval_data = build_dataset(cfg.eval_data, "grpo", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
     completions_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
     max_steps = common.resolve_max_steps(cfg, completions_per_step / cfg.num_generations,
                                          lambda: count_rows(cfg.data, "grpo"))

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.config import SFTSection
 from trainer import common
-from trainer.data import build_dataset, count_rows
+from trainer.data import PromptFormat, build_dataset, count_rows
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,10 @@ def run_sft(cfg: SFTSection, *, resume: bool = False) -> dict[str, Any]:
     peft_config = common.trainable_setup(model, cfg)
 
     # Data: streamed rows of (image, prompt, reference completion), sources mixed by weight.
+    fmt = PromptFormat(cfg.prompt_style, cfg.hint_fraction)
     train_data, stats = build_dataset(cfg.data, "sft", seed=cfg.seed, stopping=cfg.mix_stopping,
-                                      shuffle_buffer=cfg.shuffle_buffer, prompt_style=cfg.prompt_style)
-    eval_data = build_dataset(cfg.eval_data, "sft", seed=cfg.seed,
-                              prompt_style=cfg.prompt_style)[0] if cfg.eval_data else None
+                                      shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
+    eval_data = build_dataset(cfg.eval_data, "sft", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
     rows_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
     max_steps = common.resolve_max_steps(cfg, rows_per_step, lambda: count_rows(cfg.data, "sft"))
 

@@ -402,3 +402,30 @@ def test_generator_reloads_with_lora_adapter(ray_local, tiny_model, faces, tmp_p
     assert before != after and "+adapter@" in after
     assert tuned[0][0].model_id == after and plain[0][0].model_id == before
     assert tuned[0][0].completion != plain[0][0].completion  # the adapter changes what is generated
+
+
+def test_fleet_keeps_generator_actors_across_jobs_and_reloads_the_model(ray_local, tiny_model, faces, tmp_path):
+    """The loop's rounds: the second job runs on the same actors, with the next round's model."""
+    import ray
+
+    from engine.synth import GeneratorFleet
+    from engine.tinymodel import build_tiny_model
+
+    next_model = build_tiny_model(tmp_path / "next-round-model", seed=1)
+    jsonl = subset_jsonl(faces, tmp_path / "in", 4)
+    fleet = GeneratorFleet()
+    try:
+        summaries, actor_ids = [], []
+        for round_, model in enumerate((tiny_model, next_model)):
+            cfg = synth_config(input=str(jsonl), image_root=str(faces), out=str(tmp_path / f"out-{round_}"),
+                               model={"path": str(model)}, max_retries=0, generation={"max_new_tokens": 4})
+            summaries.append(run_synth(cfg, fleet=fleet))
+            actor_ids.append([a._actor_id.hex() for a in fleet.actors])
+            # the job left its generators running (and loaded with its model) for the next one
+            assert ray.get([a.model_id.remote() for a in fleet.actors], timeout=60) == summaries[-1]["model_ids"]
+    finally:
+        fleet.release()
+    assert actor_ids[0] == actor_ids[1]
+    assert summaries[0]["model_ids"] != summaries[1]["model_ids"]  # reloaded, not restarted
+    for summary in summaries:
+        assert summary["inputs"] == summary["accepted"] + summary["rejected"] == 4

@@ -13,7 +13,7 @@ from datasets import IterableDataset
 from engine.config import DataSource
 from engine.dataset import iter_samples
 from engine.prompts import prompt_text
-from trainer.data import build_dataset, count_rows
+from trainer.data import PromptFormat, build_dataset, count_rows
 
 
 def _copy_jsonl(faces: Path, out: Path, edit) -> Path:
@@ -42,6 +42,23 @@ def test_sft_rows_hold_image_prompt_and_reference(faces):
     assert stats.as_dict()["rows"] == 24
 
 
+def test_hint_fraction_gives_a_stable_share_of_sft_prompts_the_label_hint(faces):
+    uri = str(faces / "samples.jsonl")
+    by_reference = {s.description: s for s in iter_samples(uri)}  # each face has its own reasoning text
+    fmt = PromptFormat(style="compact", hint_fraction=0.5)
+    first = list(build_dataset([DataSource(uri=uri)], "sft", fmt=fmt)[0])
+    hinted = [row for row in first if "Ground Truth" in row["prompt"][0]["content"][1]["text"]]
+    assert 0 < len(hinted) < len(first)  # about half of 24
+    for row in first:
+        sample = by_reference[row["completion"][0]["content"][0]["text"]]
+        expected = prompt_text(sample, hint=fmt.hint_for(sample.id), style="compact")
+        assert row["prompt"][0]["content"][1]["text"] == expected
+    again = list(build_dataset([DataSource(uri=uri)], "sft", fmt=fmt)[0])  # the same rows get the hint every pass
+    assert [r["prompt"] for r in again] == [r["prompt"] for r in first]
+    assert not any("Ground Truth" in row["prompt"][0]["content"][1]["text"]
+                   for row in build_dataset([DataSource(uri=uri)], "grpo", fmt=fmt)[0])  # GRPO never
+
+
 def test_sft_skips_samples_without_description_and_counts_them(faces, tmp_path):
     blank = {3, 10}
     uri = str(_copy_jsonl(faces, tmp_path / "blank.jsonl",
@@ -61,7 +78,7 @@ def test_sft_skips_samples_without_description_and_counts_them(faces, tmp_path):
 def test_grpo_rows_carry_gold_labels(faces):
     uri = str(faces / "samples.jsonl")
     rows = list(build_dataset([DataSource(uri=uri)], "grpo")[0])
-    samples = {s.id: s for s in iter_samples(uri)}
+    by_reference = {s.description: s for s in iter_samples(uri)}  # each face has its own reasoning text
     assert len(rows) == 24
     for row in rows:
         sample = samples[row["sample_id"]]

@@ -1,0 +1,171 @@
+"""The self-improvement loop end to end: `fea demo` (the embedded default), and resume after kills.
+
+Real parts throughout: the tiny model trained by TRL, a private local Ray, generator/filter/writer
+actors, shards on disk. The resume test synthesises with the `replay` backend so that the accepted
+set is known in advance (the random tiny model is almost never accepted): even pool samples replay
+their reference reasoning (accepted), odd ones replay a wrong answer (rejected after every retry).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FEA = [sys.executable, "-m", "engine.cli"]
+STEPS = ("sft_seed", "grpo", "synth", "retrain", "eval")
+
+
+def step_record(run: Path, index: int, step: str) -> dict:
+    return json.loads((run / f"round-{index:02d}" / step / "step.json").read_text())
+
+
+def accepted_ids(synth_out: str) -> list[str]:
+    from engine.dataset import iter_samples
+
+    return [s.id for s in iter_samples(synth_out)]
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_round_accounting(run: Path, rounds: int, seed: int, pool: list[dict], test: list[dict]) -> None:
+    """Every pool sample is synthesised until accepted, exactly once accepted, and never twice; each
+    retraining sees the seed set plus every sample accepted so far."""
+    seen: list[str] = []
+    for index in range(rounds):
+        synth = step_record(run, index, "synth")
+        summary = synth["summary"]
+        assert summary["inputs"] == len(pool) - len(seen)  # the pool minus what earlier rounds accepted
+        assert summary["accepted"] + summary["rejected"] + summary["quarantined"] == summary["inputs"]
+        ids = accepted_ids(synth["out"])
+        assert len(ids) == summary["accepted"]
+        assert not set(ids) & set(seen)
+        seen += ids
+        retrain = step_record(run, index, "retrain")
+        assert retrain["train"]["data"]["rows"] == seed + len(seen)
+        metrics = step_record(run, index, "eval")["metrics"]
+        assert metrics["n"] == len(test)
+        assert Path(retrain["model"], "config.json").exists()
+    assert len(seen) == len(set(seen))
+
+
+def test_demo_runs_two_rounds_and_reports_measured_numbers(tmp_path):
+    out = tmp_path / "demo"
+    started = time.monotonic()
+    result = subprocess.run([*FEA, "demo", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = out / "run" / "report.md"
+    assert f"report: {report}" in result.stdout
+    run = out / "run"
+    pool, test = jsonl(out / "faces" / "pool.jsonl"), jsonl(out / "faces" / "test.jsonl")
+    for index in range(2):
+        for step in STEPS if index == 0 else STEPS[1:]:
+            assert step_record(run, index, step)["round"] == index
+    check_round_accounting(run, 2, 64, pool, test)
+    text = report.read_text()
+    for index in range(2):  # the report's numbers are the step records' numbers
+        summary = step_record(run, index, "synth")["summary"]
+        assert f"| {index} | {summary['inputs']} | {summary['accepted']} | {summary['rejected']} |" in text
+    for plot in ("quality", "retries", "data_size", "stage_seconds"):
+        assert (run / "plots" / f"{plot}.png").stat().st_size > 1000
+    print(f"demo wall time {elapsed:.0f}s")
+
+
+# ---------------------------------------------------------------- resume
+MINI_LOOP = {
+    "rounds": 2, "patience": 2,
+    "sft": {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "num_train_epochs": 1,
+            "per_device_train_batch_size": 4, "learning_rate": 1e-3, "precision": "fp32", "save_steps": 1,
+            "logging_steps": 1, "report_to": ["none"], "prompt_style": "compact"},
+    "grpo": {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "max_steps": 2,
+             "per_device_train_batch_size": 2, "num_generations": 2, "max_completion_length": 8,
+             "precision": "fp32", "save_steps": 1, "logging_steps": 1, "report_to": ["none"],
+             "prompt_style": "compact"},
+    "synth": {"generators": 1, "max_retries": 1, "partition_size": 4, "progress": "log", "prompt_style": "compact",
+              "generation": {"backend": "replay", "batch_size": 4}},
+    "eval": {"prompt_style": "compact", "generation": {"backend": "hf", "max_new_tokens": 8, "batch_size": 8}},
+}
+
+
+def write_replay_store(faces: Path, pool: list[dict], max_retries: int) -> Path:
+    references = {r["id"]: r["description"] for r in jsonl(faces / "samples.jsonl")}
+    rows = []
+    for position, record in enumerate(pool):
+        for attempt in range(max_retries + 1):
+            good = position % 2 == 0
+            completion = references[record["id"]] if good else "<think>A face.</think><answer>none</answer>"
+            rows.append({"sample_id": record["id"], "attempt": attempt, "completion": completion})
+    path = faces.parent / "replay.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def start_demo(out: Path, config: Path) -> subprocess.Popen:
+    return subprocess.Popen([*FEA, "demo", "--out", str(out), "--faces", "24", "--seed-size", "6",
+                             "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the loop ended before the kill point:\n{proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, like a lost node
+    proc.wait(60)
+
+
+def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
+    from engine.faces import write_face_set
+
+    out = tmp_path / "mini"
+    faces = out / "faces"
+    write_face_set(faces, n=24, seed=0)
+    records = jsonl(faces / "samples.jsonl")
+    train = [r for r in records if r["meta_info"]["split"] == "train"]
+    pool, test = train[6:], [r for r in records if r["meta_info"]["split"] == "test"]
+    loop = json.loads(json.dumps(MINI_LOOP))
+    loop["synth"]["generation"]["replay_path"] = str(write_replay_store(faces, pool, max_retries=1))
+    config = tmp_path / "mini.yaml"
+    config.write_text(yaml.safe_dump({"loop": loop}))
+    run = out / "run"
+
+    # 1. killed between steps: right after the seed SFT was recorded
+    kill_when(start_demo(out, config), lambda: (run / "round-00" / "sft_seed" / "step.json").exists())
+    seed_record = (run / "round-00" / "sft_seed" / "step.json").read_bytes()
+
+    # 2. killed inside a step: synthesis of round 0 after its first partition commit
+    commits = run / "round-00" / "synth" / "out" / "commits"
+    kill_when(start_demo(out, config), lambda: commits.is_dir() and any(commits.glob("*.json")))
+    first_commits = {p.name: p.read_bytes() for p in commits.glob("*.json")}
+    assert not (run / "round-00" / "synth" / "step.json").exists()
+
+    # 3. the same command again finishes the run, keeping what was done
+    proc = start_demo(out, config)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-4000:]
+    assert (run / "round-00" / "sft_seed" / "step.json").read_bytes() == seed_record
+    assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in first_commits} == first_commits
+    check_round_accounting(run, 2, 6, pool, test)
+    expected = {r["id"] for position, r in enumerate(pool) if position % 2 == 0}
+    assert set(accepted_ids(step_record(run, 0, "synth")["out"])) == expected
+    assert step_record(run, 1, "synth")["summary"]["accepted"] == 0
+
+    # 4. and once more: nothing left to do, nothing rewritten
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("step.json")}
+    proc = start_demo(out, config)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("step.json")} == before
