@@ -4,7 +4,7 @@ sequential loop) vs 16 vs 64, and the step time of a LoRA SFT step, for the tiny
 
 Needs only torch, transformers, peft, tokenizers, PIL and numpy (no trl, datasets, vllm, ray or
 pydantic): the engine modules it imports (tinymodel, faces, prompts, facs, types) need nothing else.
-Prints a table and writes JSON to $OUT/gpu_results.json (or --out).
+Prints a table and writes JSON to $OUT/gpu_results.json (or FOLDER/gpu_results.json with --out FOLDER).
 
     python bench/gpu_device.py                 # on a GPU machine
     python bench/gpu_device.py --cpu --quick   # a quick check of every code path on CPU
@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--sft-batch", type=int, default=8)
     parser.add_argument("--sft-steps", type=int, default=10)
-    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_results.json")
     args = parser.parse_args()
     if args.quick:
         args.batches, args.rows, args.new_tokens, args.sft_batch, args.sft_steps = "1,4", 4, 8, 2, 2
