@@ -78,7 +78,7 @@ def test_sft_skips_samples_without_description_and_counts_them(faces, tmp_path):
 def test_grpo_rows_carry_gold_labels(faces):
     uri = str(faces / "samples.jsonl")
     rows = list(build_dataset([DataSource(uri=uri)], "grpo")[0])
-    by_reference = {s.description: s for s in iter_samples(uri)}  # each face has its own reasoning text
+    samples = {s.id: s for s in iter_samples(uri)}
     assert len(rows) == 24
     for row in rows:
         sample = samples[row["sample_id"]]
