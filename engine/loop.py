@@ -105,6 +105,7 @@ def _train(run: Run, index: int, step: str, section: SFTSection | GRPOSection, d
     cfg = section.model_validate({**section.model_dump(), "data": [{"uri": u, "weight": 1.0} for u in data],
                                   "model": {"path": model}, "out": str(local), "round": index})
     local.mkdir(parents=True, exist_ok=True)
+    storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))  # the step's resolved config
     train = run_grpo if isinstance(section, GRPOSection) else run_sft
     summary = train(cfg, resume=True)  # resume: a step killed mid-training continues from its checkpoint
     return {"model": _publish_model(run, local, uri), "train": summary}
@@ -144,6 +145,7 @@ def _eval(run: Run, index: int, model: str) -> dict[str, Any]:
     uri, local = _local_dir(run, index, "eval")
     cfg = run.cfg.eval.model_validate({**run.cfg.eval.model_dump(), "data": run.cfg.test,
                                        "model": {"path": model}, "out": str(local)})
+    storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))
     metrics = run_eval(cfg)
     if storage.is_s3(uri):
         storage.upload_dir(local, uri)

@@ -6,12 +6,10 @@ hf and vllm runs assert the accounting instead.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ import pytest
 from engine import shards, storage
 from engine.config import SynthConfig
 from engine.synth import JobMismatchError, run_synth
+from tests.support.processes import kill_driver_and_children
 
 VENV_BIN = Path(sys.executable).parent
 BAD_COMPLETION = "<think>The face looks calm.</think><answer>maybe</answer>"
@@ -323,8 +322,6 @@ def _wait_for(probe, timeout: float, every: float = 0.05):
 
 def test_driver_sigkill_then_rerun(tiny_model, faces, tmp_path):
     """SIGKILL the `fea synth` driver after a commit; the same command finishes the job exactly once."""
-    import psutil
-
     jsonl = subset_jsonl(faces, tmp_path / "in", 16)
     out = tmp_path / "out"
     command = [str(VENV_BIN / "fea"), "synth", "--input", str(jsonl), "--image-root", str(faces), "--out", str(out),
@@ -333,14 +330,11 @@ def test_driver_sigkill_then_rerun(tiny_model, faces, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own private Ray
     driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    children: list[int] = []
     try:
         _wait_for(lambda: list((out / "commits").glob("*.json")) or driver.poll() is not None, timeout=300)
-        children = [p.pid for p in psutil.Process(driver.pid).children(recursive=True)]
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
     finally:
-        _kill_leftovers(driver.pid, children)
+        kill_driver_and_children(driver.pid)
+        driver.wait(timeout=30)
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "commits").glob("*.json")}
     assert 1 <= len(before) < 8, f"the kill should land mid-job, found {len(before)} commits of 8"
 
@@ -357,19 +351,6 @@ def test_driver_sigkill_then_rerun(tiny_model, faces, tmp_path):
     assert again.returncode == 0
     assert "nothing to do: 8 partitions already committed" in again.stderr
     assert json.loads(again.stdout) == summary
-
-
-def _kill_leftovers(session: int, pids: list[int]) -> None:
-    """Stop what the killed driver left behind (its private Ray): processes this test started."""
-    import psutil
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(session, signal.SIGKILL)
-    for pid in pids:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 # ---------------------------------------------------------------- next round: reload with an adapter

@@ -8,8 +8,6 @@ their reference reasoning (accepted), odd ones replay a wrong answer (rejected a
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.processes import kill_driver_and_children
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,11 @@ def check_round_accounting(run: Path, rounds: int, seed: int, pool: list[dict], 
         metrics = step_record(run, index, "eval")["metrics"]
         assert metrics["n"] == len(test)
         assert Path(retrain["model"], "config.json").exists()
+        # lineage: each step's resolved config, the synthesis job record, the evaluation report
+        for step in ("grpo", "retrain", "eval"):
+            assert (run / f"round-{index:02d}" / step / "config.yaml").exists()
+        assert Path(synth["out"], "job.json").exists() and Path(synth["out"], "summary.json").exists()
+        assert (run / f"round-{index:02d}" / "eval" / "report.md").exists()
     assert len(seen) == len(set(seen))
 
 
@@ -86,7 +91,7 @@ def test_demo_runs_two_rounds_and_reports_measured_numbers(tmp_path):
 MINI_LOOP = {
     "rounds": 2, "patience": 2,
     "sft": {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "num_train_epochs": 1,
-            "per_device_train_batch_size": 4, "learning_rate": 1e-3, "precision": "fp32", "save_steps": 1,
+            "per_device_train_batch_size": 1, "learning_rate": 1e-3, "precision": "fp32", "save_steps": 1,
             "logging_steps": 1, "report_to": ["none"], "prompt_style": "compact"},
     "grpo": {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "max_steps": 2,
              "per_device_train_batch_size": 2, "num_generations": 2, "max_completion_length": 8,
@@ -123,7 +128,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
         assert proc.poll() is None, f"the loop ended before the kill point:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, "kill point never reached"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, like a lost node
+    kill_driver_and_children(proc.pid)  # the driver and the Ray it started, like a lost node
     proc.wait(60)
 
 
@@ -146,18 +151,21 @@ def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
     kill_when(start_demo(out, config), lambda: (run / "round-00" / "sft_seed" / "step.json").exists())
     seed_record = (run / "round-00" / "sft_seed" / "step.json").read_bytes()
 
-    # 2. killed inside a step: synthesis of round 0 after its first partition commit
+    # 2. killed inside a step: round 0's retraining, once it has saved a checkpoint
+    retrain = run / "round-00" / "retrain"
+    kill_when(start_demo(out, config), lambda: any(retrain.glob("checkpoint-*/trainer_state.json")))
+    assert not (retrain / "step.json").exists()
     commits = run / "round-00" / "synth" / "out" / "commits"
-    kill_when(start_demo(out, config), lambda: commits.is_dir() and any(commits.glob("*.json")))
     first_commits = {p.name: p.read_bytes() for p in commits.glob("*.json")}
-    assert not (run / "round-00" / "synth" / "step.json").exists()
+    assert first_commits  # synthesis finished before the kill; its commits must survive the rerun
 
     # 3. the same command again finishes the run, keeping what was done
     proc = start_demo(out, config)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-4000:]
     assert (run / "round-00" / "sft_seed" / "step.json").read_bytes() == seed_record
-    assert {p.name: p.read_bytes() for p in commits.glob("*.json") if p.name in first_commits} == first_commits
+    assert {p.name: p.read_bytes() for p in commits.glob("*.json")} == first_commits
+    assert step_record(run, 0, "retrain")["train"]["resumed_from_step"] > 0  # continued, not restarted
     check_round_accounting(run, 2, 6, pool, test)
     expected = {r["id"] for position, r in enumerate(pool) if position % 2 == 0}
     assert set(accepted_ids(step_record(run, 0, "synth")["out"])) == expected

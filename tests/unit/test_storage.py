@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import threading
 
-import pytest
 
 from engine import storage
 
