@@ -53,6 +53,8 @@ class GenerationConfig(Section):
     n: int = Field(1, ge=1, description="Completions per attempt; the first accepted one wins.")
     seed: int = Field(0, description="Sampling seed.")
     batch_size: int = Field(16, ge=1, description="Requests per generate call (hf) / per actor call (vllm).")
+    max_num_seqs: int = Field(256, ge=1, description="vLLM: sequences in its running batch at most, shared by "
+                                                     "the batches in flight on one generator.")
     max_model_len: int = Field(2048, ge=256, description="vLLM context length.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM GPU memory share.")
     enforce_eager: bool = Field(True, description="vLLM: skip graph capture (faster start; best on CPU).")

@@ -34,9 +34,10 @@ log = logging.getLogger("engine.synth")
 # Settings that change how fast a job runs, not what it produces: free to differ between reruns.
 OPERATIONAL_KEYS = frozenset({
     "generators", "filters", "progress", "inflight_batches_per_generator", "generator_num_cpus",
-    "generator_num_gpus", "generation.batch_size", "generation.max_model_len",
+    "generator_num_gpus", "generation.batch_size", "generation.max_num_seqs", "generation.max_model_len",
     "generation.gpu_memory_utilization", "generation.enforce_eager",
 })
+PREFETCH_PARTITIONS = 16  # partitions read ahead of the scheduler (memory: their images)
 MAX_REQUEUES = 3  # a request whose generator died this many times fails the job instead of looping
 
 
@@ -353,6 +354,16 @@ class RunStats:
     commits: list[PartitionCommit] = field(default_factory=list)
 
 
+def inflight_batches(cfg: SynthConfig) -> int:
+    """Batches handed to one generator at a time. vLLM runs the batches it holds as one continuous
+    batch of up to max_num_seqs sequences, so it gets enough of them to fill that; the other
+    backends run one batch at a time and only need the next one queued."""
+    gen = cfg.generation
+    if gen.backend == "vllm":
+        return max(cfg.inflight_batches_per_generator, -(-gen.max_num_seqs // gen.batch_size))
+    return cfg.inflight_batches_per_generator
+
+
 class Scheduler:
     """Keeps every generator busy; retries jump the queue so samples finish and partitions commit early."""
 
@@ -366,7 +377,8 @@ class Scheduler:
         self.params = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
                                      top_p=gen.top_p, n=gen.n, seed=gen.seed)
         self.batch_size = gen.batch_size
-        capacity = cfg.generators * cfg.inflight_batches_per_generator * gen.batch_size
+        self.inflight_per_generator = inflight_batches(cfg)
+        capacity = cfg.generators * self.inflight_per_generator * gen.batch_size
         self.low_water = 2 * capacity  # admit more input while fewer requests than this wait
         self.max_open = max(4, 2 * -(-capacity // cfg.partition_size) + 2)
         self.pending: deque[GenerationRequest] = deque()
@@ -411,7 +423,7 @@ class Scheduler:
         for g, generator in enumerate(self.pool.generators):
             if ("generator", g) in self.recovering or not filters:
                 continue
-            while self.pending and self.per_generator[g] < self.cfg.inflight_batches_per_generator:
+            while self.pending and self.per_generator[g] < self.inflight_per_generator:
                 # a busy generator is topped up with full batches only; an idle one takes what there is
                 if len(self.pending) < self.batch_size and self.per_generator[g] > 0:
                     break
@@ -598,7 +610,9 @@ def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None) -> dict[str
     before = totals(committed.values())
     counts = Counts(accepted=before["accepted"], rejected=before["rejected"], quarantined=before["quarantined"])
     progress = Progress(cfg.progress, already_done=counts.done)
-    source = Prefetcher(itertools.chain([first], partitions), depth=4)  # reads on while Ray starts
+    # Reads on while the actors start (seconds in which the driver is otherwise idle); a deep queue lets
+    # that time absorb more of the input parsing, which later competes with the scheduler for the GIL.
+    source = Prefetcher(itertools.chain([first], partitions), depth=PREFETCH_PARTITIONS)
     try:
         pool = ActorPool.start(cfg, job_id, fleet)
         try:

@@ -36,7 +36,10 @@ class Backend(Protocol):
     def load(self, model_dir: str | None, adapter: str | None, gen_cfg: "GenerationConfig") -> None: ...
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
-        """params.n Attempts per request, in request order."""
+        """params.n Attempts per request, in request order.
+
+        A backend that can serve several calls at once (vllm) also has `async generate_async(requests,
+        params)` with the same result; the generator actor then runs its batches concurrently."""
         ...
 
     def close(self) -> None:

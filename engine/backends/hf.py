@@ -1,6 +1,7 @@
 """transformers generate, batched: the CPU default backend.
 
-Left padding so every row's generation starts right after its prompt; greedy when temperature is 0
+Left padding so every row's generation starts right after its prompt, with each call's requests
+grouped into batches of similar prompt length (`length_groups`); greedy when temperature is 0
 (the paper's synthesis); n > 1 completions per request through num_return_sequences with sampling.
 """
 from __future__ import annotations
@@ -11,6 +12,10 @@ from engine.backends.base import decode_image, error_attempts, model_fingerprint
 from engine.types import Attempt, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
+
+# Largest share of a batch's prompt tokens that may be left padding before a longer prompt goes to
+# the next batch: on CPU prefill dominates and a padded position costs as much as a real one.
+MAX_PADDING = 0.2
 
 
 @register("hf")
@@ -54,12 +59,20 @@ class HFBackend:
         log.info("hf backend: %s on %s (%s)", self.model_id, self.device, dtype)
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
-        results: list[list[Attempt]] = []
-        for start in range(0, len(requests), self.batch_size):
-            results.extend(self._generate_batch(requests[start:start + self.batch_size], params))
-        return results
+        if not requests:  # the tokenizer refuses an empty list
+            return []
+        texts = [self.processor.apply_chat_template(list(req.messages), add_generation_prompt=True, tokenize=False)
+                 for req in requests]
+        lengths = [len(ids) for ids in self.processor.tokenizer(texts)["input_ids"]]
+        results: list[list[Attempt] | None] = [None] * len(requests)
+        for group in length_groups(lengths, self.batch_size):
+            for i, attempts in zip(group, self._generate_batch([requests[i] for i in group],
+                                                               [texts[i] for i in group], params)):
+                results[i] = attempts
+        return results  # type: ignore[return-value] - every index belongs to one group
 
-    def _generate_batch(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
+    def _generate_batch(self, requests: list[GenerationRequest], texts: list[str],
+                        params: SamplingParams) -> list[list[Attempt]]:
         import torch
 
         images, usable = [], []
@@ -71,8 +84,7 @@ class HFBackend:
             except Exception as err:  # noqa: BLE001 - reported on the attempt, the batch goes on
                 out[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
         if usable:
-            texts = [self.processor.apply_chat_template(list(requests[i].messages), add_generation_prompt=True,
-                                                        tokenize=False) for i in usable]
+            texts = [texts[i] for i in usable]
             inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device)
             sampling = params.temperature > 0
             if sampling:
@@ -103,6 +115,29 @@ class HFBackend:
     def close(self) -> None:
         self.model = None
         self.processor = None
+
+
+def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of `lengths` cut into generate batches of similar prompt length.
+
+    Sorted by length, a batch takes the next prompt while it has fewer than batch_size rows and left
+    padding stays at most `max_padding` of its tokens. A retry carries its earlier completions (its
+    prompt is 2-3x an attempt 0's), and a padded position costs as much as a real one in prefill.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        group = groups[-1] if groups else []
+        # ascending order: lengths[i] is the longest row of the group once added
+        padded = (len(group) + 1) * lengths[i]
+        if group and len(group) < batch_size and padded - (total + lengths[i]) <= max_padding * padded:
+            group.append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
