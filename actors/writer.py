@@ -1,9 +1,12 @@
 """Writer actor: writes finished partitions' shards and then their commit records (last, write-once)."""
 from __future__ import annotations
 
+import threading
+
 import ray
 
-from engine.partition import PartitionResult, write_partition
+from engine import shards
+from engine.partition import PartitionResult, existing_shards, write_partition
 from engine.types import PartitionCommit
 
 
@@ -11,6 +14,11 @@ from engine.types import PartitionCommit
 class WriterActor:
     def __init__(self, out: str) -> None:
         self.out = out
+        # Listed once (a restarted actor lists again), so empty shard kinds cost no deletes.
+        self.leftovers = existing_shards(out)
+        # While the job starts up the writer has nothing to do: spend that time on the first write's
+        # one-off costs. A write arriving meanwhile waits on the import lock, so nothing runs twice.
+        threading.Thread(target=shards.warm_up, name="fea-writer-warm-up", daemon=True).start()
 
     def write(self, result: PartitionResult) -> PartitionCommit:
-        return write_partition(self.out, result)
+        return write_partition(self.out, result, self.leftovers)

@@ -8,6 +8,7 @@ its number, so redoing an uncommitted partition replaces only its own uncommitte
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -135,50 +136,83 @@ def accepted_rows(result: PartitionResult) -> list[dict]:
                       "policy": chosen.verdict.policy, "verifier_version": chosen.verdict.verifier_version,
                       "prompt_hash": chosen.attempt.prompt_hash}
         rows.append(shards.accepted_row(outcome.sample, chosen.attempt.completion, provenance,
-                                        chosen.verdict.scores.as_dict()))
+                                        _rewards(chosen.verdict.scores)))
     return rows
 
 
 def rejected_rows(result: PartitionResult) -> list[dict]:
     return [shards.rejected_row(outcome.sample, [
         {"attempt": j.attempt.attempt, "completion": j.attempt.completion, "reasons": j.verdict.reasons,
-         "rewards": j.verdict.scores.as_dict()} for row in outcome.attempts for j in row])
+         "rewards": _rewards(j.verdict.scores)} for row in outcome.attempts for j in row])
         for outcome in result.outcomes if outcome.accepted is None]
 
 
-def write_partition(out: str, result: PartitionResult) -> PartitionCommit:
+def _rewards(scores) -> dict[str, float]:
+    # field by field: dataclasses.asdict deep-copies, a cost paid for every stored attempt
+    return {name: getattr(scores, name) for name in shards.REWARDS_TYPE.names}
+
+
+def existing_shards(out: str) -> set[str]:
+    """Relative paths (as `shard_path` makes them) of the shard files under `out`, one listing per kind."""
+    return {f"{kind}/{storage.basename(uri)}"
+            for kind in dict.fromkeys(kind for kind, _, _ in SHARD_LAYOUT)
+            for uri in storage.list_files(storage.join(out, kind))}
+
+
+def write_partition(out: str, result: PartitionResult, leftovers: set[str] | None = None) -> PartitionCommit:
     """Write a finished partition's shards, then its commit record, last and write-once.
 
-    An already committed partition is never rewritten: its existing commit is returned (after
-    checking it covers the same input ids).
+    The shards are encoded and written side by side (Arrow encoding, hashing and fsync release the
+    GIL), and the commit is written only once all of them are durable. An already committed
+    partition is never rewritten: its existing commit is returned (after checking it covers the
+    same input ids).
+
+    A shard kind the partition has no rows for must not keep a file from an interrupted earlier
+    try. `leftovers`, the shard files known to exist under `out` (`existing_shards`, kept up to date
+    here), limits the deletes to those; without it every empty kind is deleted blindly, which
+    costs a round trip each on S3.
     """
     result.check_accounting()
     index = result.partition.index
     existing = _existing_commit(out, index)
     if existing is not None:
         return _same_input_or_fail(existing, result)
-    accepted = accepted_rows(result)
-    rejected = rejected_rows(result)
-    quarantined = [shards.quarantine_to_row(q) for q in result.partition.quarantined]
-    written: list[ShardRef] = []
+    rows = {"accepted": accepted_rows(result), "rejected": rejected_rows(result),
+            "quarantine": [shards.quarantine_to_row(q) for q in result.partition.quarantined]}
+    pending, removals = [], []
     for kind, suffix, fmt in SHARD_LAYOUT:
-        rows = {"accepted": accepted, "rejected": rejected, "quarantine": quarantined}[kind]
         rel = shard_path(kind, index, suffix)
         uri = storage.join(out, rel)
-        if not rows:
-            storage.remove(uri)  # a leftover from an interrupted earlier try must not linger
-            continue
-        if fmt == "webdataset":
-            ref = shards.write_webdataset(uri, [shards.wds_record(r) for r in rows], kind=kind)
-        else:
-            ref = shards.write_parquet(uri, rows, _SCHEMAS[kind])
-        written.append(ShardRef(uri=rel, format=ref.format, kind=ref.kind, rows=ref.rows, sha256=ref.sha256))
-    commit = make_commit(result, accepted=len(accepted), rejected=len(rejected), quarantined=len(quarantined),
-                         shards_written=tuple(written))
+        if rows[kind]:
+            if leftovers is not None:
+                leftovers.add(rel)  # before writing: a failed write may still leave a file
+            pending.append((rel, _SHARD_WRITERS.submit(_write_shard, uri, kind, fmt, rows[kind])))
+        elif leftovers is None or rel in leftovers:
+            removals.append(_SHARD_WRITERS.submit(storage.remove, uri))
+    # .result() re-raises a failed write or removal here, before anything is committed
+    written = tuple(ShardRef(uri=rel, format=ref.format, kind=ref.kind, rows=ref.rows, sha256=ref.sha256)
+                    for rel, ref in ((rel, future.result()) for rel, future in pending))
+    for removal in removals:
+        removal.result()
+    if leftovers is not None:
+        leftovers.difference_update(shard_path(kind, index, suffix) for kind, suffix, _ in SHARD_LAYOUT
+                                    if not rows[kind])
+    commit = make_commit(result, accepted=len(rows["accepted"]), rejected=len(rows["rejected"]),
+                         quarantined=len(rows["quarantine"]), shards_written=written)
     if not storage.write_once(shards.commit_uri(out, index), commit.to_json().encode("utf-8")):
         # another writer committed this partition between our check and now: theirs stands
         return _same_input_or_fail(_existing_commit(out, index), result)
     return commit
+
+
+# One thread per shard of a partition (SHARD_LAYOUT has four).
+_SHARD_WRITERS = ThreadPoolExecutor(max_workers=len(SHARD_LAYOUT), thread_name_prefix="fea-shard-writer")
+
+
+def _write_shard(uri: str, kind: str, fmt: str, rows: list[dict]) -> ShardRef:
+    if fmt == "webdataset":
+        return shards.write_webdataset(uri, [shards.wds_record(r) for r in rows], kind=kind)
+    return shards.write_parquet(uri, rows, _SCHEMAS[kind])
 
 
 _SCHEMAS = {"accepted": shards.ACCEPTED_SCHEMA, "rejected": shards.REJECTED_SCHEMA,

@@ -9,6 +9,8 @@ an assistant turn and the problem list as a user turn, so the prompt grows as in
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -97,16 +99,26 @@ def hint_block(sample: Sample) -> str:
 
 
 def prompt_text(sample: Sample, *, hint: bool, style: PromptStyle = "full") -> str:
-    label_set = prompt_label_set(sample)
+    return "".join(_prompt_parts(sample, hint=hint, style=style))
+
+
+def _prompt_parts(sample: Sample, *, hint: bool, style: PromptStyle) -> tuple[str, str]:
+    """(instructions, per-sample tail): the instructions are shared by every sample with the same
+    question and label set, which lets make_request hash them once."""
+    text = _instructions(style, sample.question.strip(), tuple(prompt_label_set(sample)))
+    return text, (f"\n\n{hint_block(sample)}" if hint else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _instructions(style: PromptStyle, question: str, label_set: tuple[str, ...]) -> str:
     template = _INSTRUCTIONS if style == "full" else _COMPACT_INSTRUCTIONS
-    text = template.format(
-        question=sample.question.strip() or "What is the emotion of this face?",
+    return template.format(
+        question=question or "What is the emotion of this face?",
         answer_rule=_answer_rule(label_set),
         definitions=AU_DEFINITIONS_TEXT,
         example=EXAMPLE_COMPLETION,
         answer_slot="one word" if label_set else "one emotion word",
     )
-    return f"{text}\n\n{hint_block(sample)}" if hint else text
 
 
 _REASON_TEXT = {
@@ -155,8 +167,11 @@ def retry_text(reasons: Sequence[str]) -> str:
 
 def build_messages(sample: Sample, *, hint: bool, history: History = (),
                    style: PromptStyle = "full") -> tuple[Message, ...]:
-    messages: list[Message] = [{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": prompt_text(sample, hint=hint, style=style)}]}]
+    return _messages(prompt_text(sample, hint=hint, style=style), history)
+
+
+def _messages(text: str, history: History) -> tuple[Message, ...]:
+    messages: list[Message] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
     for completion, reasons in history:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": completion}]})
         messages.append({"role": "user", "content": [{"type": "text", "text": retry_text(reasons)}]})
@@ -174,16 +189,53 @@ def _without_image_data(messages: Iterable[Message]) -> list[Message]:
     return out
 
 
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def prompt_hash(messages: Iterable[Message]) -> str:
     """sha256 of the canonical JSON of the messages; image parts count only as {"type": "image"}, so
     the hash names the prompt, not the picture."""
-    canonical = json.dumps(_without_image_data(messages), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
-    return sha256_hex(canonical.encode("utf-8"))
+    return sha256_hex(_canonical_json(_without_image_data(messages)).encode("utf-8"))
+
+
+# Stands in for the first user text while the rest of the messages is encoded (see _fast_prompt_hash).
+_TEXT_SLOT = "\x00prompt-text\x00"
+_ESCAPED_SLOT = _canonical_json(_TEXT_SLOT)[1:-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_through(head: str) -> Any:
+    """sha256 state after the canonical JSON up to and including `head`, the start of the first text."""
+    opening = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, ())))
+    return hashlib.sha256(opening[:opening.index(_ESCAPED_SLOT)].encode("utf-8")
+                          + _canonical_json(head)[1:-1].encode("utf-8"))
+
+
+def _after_text(history: History) -> str:
+    """The canonical JSON that follows the first user text: the retry turns, the closing brackets."""
+    skeleton = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, history)))
+    return skeleton[skeleton.index(_ESCAPED_SLOT) + len(_ESCAPED_SLOT):]  # the slot's first use is the text's
+
+
+_AFTER_TEXT_ALONE = _after_text(())
+
+
+def _fast_prompt_hash(head: str, tail: str, history: History) -> str:
+    """prompt_hash(_messages(head + tail, history)) without encoding and hashing the long shared
+    instructions again for every request: JSON escapes character by character, so the encoding of
+    head + tail is the encoding of head followed by that of tail, and the digest of everything up
+    to the end of head is kept per head."""
+    rest = _after_text(history) if history else _AFTER_TEXT_ALONE
+    digest = _digest_through(head).copy()
+    digest.update((_canonical_json(tail)[1:-1] + rest).encode("utf-8"))
+    return digest.hexdigest()
 
 
 def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = (),
                  style: PromptStyle = "full") -> GenerationRequest:
-    messages = build_messages(sample, hint=hint, history=history, style=style)
+    head, tail = _prompt_parts(sample, hint=hint, style=style)
+    messages = _messages(head + tail, history)
     return GenerationRequest(key=f"{sample.id}#{attempt}", sample_id=sample.id, attempt=attempt,
-                             messages=messages, image=sample.image, prompt_hash=prompt_hash(messages))
+                             messages=messages, image=sample.image,
+                             prompt_hash=_fast_prompt_hash(head, tail, history))

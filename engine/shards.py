@@ -15,6 +15,7 @@ redone partition rewrites identical files.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
@@ -72,8 +73,12 @@ QUARANTINE_SCHEMA = pa.schema([
 
 
 # ---------------------------------------------------------------- rows
+# One encoder for every JSON text stored in shards (json.dumps builds a new one per call).
+_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+
+
 def meta_to_json(meta: Mapping[str, Any]) -> str:
-    return json.dumps(dict(meta), sort_keys=True, ensure_ascii=False, default=str)
+    return _JSON.encode(dict(meta))
 
 
 def sample_to_row(sample: Sample) -> dict[str, Any]:
@@ -125,16 +130,35 @@ def row_to_quarantine(row: Mapping[str, Any]) -> QuarantineRecord:
 
 def fea20k_record(row: Mapping[str, Any], image: str | None = None) -> dict[str, Any]:
     """The FEA-20K JSON fields for a stored row; provenance/rewards/attempts (when present) kept beside them."""
+    return _fea20k_fields(row, image, json.loads(row.get("meta") or "{}"))
+
+
+def _fea20k_fields(row: Mapping[str, Any], image: str | None, meta_info: Any) -> dict[str, Any]:
     record = {"id": row["id"], "dataset": row["dataset"],
               "image": image if image is not None else (row.get("image_path") or ""),
               "question": row.get("question") or "", "AUs": list(row.get("aus") or ()),
               "labels": list(row.get("labels") or ()), "description": row.get("description") or "",
-              "meta_info": json.loads(row.get("meta") or "{}"), "is_valid": True,
-              "image_sha256": row["image_sha256"]}
+              "meta_info": meta_info, "is_valid": True, "image_sha256": row["image_sha256"]}
     for extra in ("provenance", "rewards", "attempts"):
         if row.get(extra) is not None:
             record[extra] = row[extra]
     return record
+
+
+_META_SLOT = "\x00meta_info\x00"  # stands in for meta_info while the rest of the record is encoded
+
+
+def fea20k_json(row: Mapping[str, Any]) -> bytes:
+    """The stored JSON text of `fea20k_record(row)`, with the row's meta JSON (already encoded by
+    `meta_to_json`) put in place instead of being encoded a second time: half the encoding work of
+    a shard record is its metadata."""
+    meta = row.get("meta") or "{}"
+    if not isinstance(json.loads(meta), dict):  # the text goes into the shard as is: it must be an object
+        raise ValueError(f"sample {row.get('id')!r}: meta is not a JSON object")
+    text = _JSON.encode(_fea20k_fields(row, None, _META_SLOT))
+    # Quotes inside JSON strings are escaped, so this unescaped key-value text is only ever the field itself.
+    slot = '"meta_info": ' + _JSON.encode(_META_SLOT)
+    return text.replace(slot, '"meta_info": ' + meta, 1).encode("utf-8")
 
 
 # ---------------------------------------------------------------- Parquet
@@ -142,13 +166,45 @@ def schema_kind(schema: pa.Schema) -> str:
     return (schema.metadata or {}).get(b"kind", b"samples").decode()
 
 
+# Columns holding encoded image files: PNG/JPEG do not compress further, so compressing them (and
+# keeping min/max statistics of whole images) costs CPU for nothing. Dictionary encoding is off for
+# all columns: zstd already squeezes the repeated values, and the dictionaries doubled encoding time.
+_IMAGE_COLUMNS = frozenset({"image"})
+
+
+@functools.lru_cache(maxsize=None)
+def _leaf_columns(schema: pa.Schema) -> tuple[str, ...]:
+    """Parquet's leaf column paths ('provenance.job_id', 'aus.list.element'): per-column settings
+    name leaves, and a struct or list column's own name matches none of them."""
+    buffer = io.BytesIO()
+    pq.write_table(schema.empty_table(), buffer)
+    parquet_schema = pq.ParquetFile(io.BytesIO(buffer.getvalue())).schema
+    return tuple(parquet_schema.column(i).path for i in range(len(parquet_schema)))
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int = 256) -> bytes:
+    """A Parquet file in memory: zstd for every column except images, which are stored as they are."""
+    leaves = _leaf_columns(table.schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=row_group_size,
+                   compression={path: "NONE" if path in _IMAGE_COLUMNS else "zstd" for path in leaves},
+                   use_dictionary=False, write_statistics=[path for path in leaves if path not in _IMAGE_COLUMNS])
+    return buffer.getvalue()
+
+
+def warm_up() -> None:
+    """Pay the one-off costs of the first shard write now: the first Arrow array built from Python
+    objects imports pandas (pyarrow looks for pandas types; about a second of CPU on a small
+    machine), and each schema's Parquet column paths are looked up once."""
+    for schema in (SAMPLE_SCHEMA, ACCEPTED_SCHEMA, REJECTED_SCHEMA, QUARANTINE_SCHEMA):
+        parquet_bytes(pa.Table.from_pylist([], schema=schema))
+
+
 def write_parquet(uri: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema,
                   row_group_size: int = 256) -> ShardRef:
     """Write `rows` as one Parquet file in a single put; the ShardRef carries the sha256 of its bytes."""
     table = pa.Table.from_pylist(list(rows), schema=schema)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, row_group_size=row_group_size, compression="zstd")
-    data = buffer.getvalue()
+    data = parquet_bytes(table, row_group_size)
     storage.write_bytes(uri, data)
     return ShardRef(uri=uri, format="parquet", kind=schema_kind(schema), rows=table.num_rows,
                     sha256=sha256_hex(data))
@@ -215,7 +271,7 @@ def image_extension(image: bytes, fallback: str = "png") -> str:
 def wds_record(row: Mapping[str, Any]) -> dict[str, Any]:
     """A WebDataset record for a stored row: <key>.<png|jpg> (the image) + <key>.json (FEA-20K fields)."""
     image = bytes(row["image"])
-    return {"__key__": encode_key(row["id"]), image_extension(image): image, "json": fea20k_record(row)}
+    return {"__key__": encode_key(row["id"]), image_extension(image): image, "json": fea20k_json(row)}
 
 
 def _member_bytes(value: Any) -> bytes:
@@ -223,29 +279,63 @@ def _member_bytes(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return _JSON.encode(value).encode("utf-8")
+
+
+def _gnu_header(name: str, size: int) -> bytes:
+    """tarfile's GNU header for a regular member with the fixed metadata every shard uses."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+# Between members only the name, the size and the checksum change, so headers are stamped from a
+# template: tarfile's own header code costs as much as all the rest of a shard write.
+_HEADER_TEMPLATE = bytearray(_gnu_header("", 0))
+_HEADER_TEMPLATE[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+_TEMPLATE_SUM = sum(_HEADER_TEMPLATE) - sum(_HEADER_TEMPLATE[124:136])  # the size field is added per member
+_MAX_FAST_SIZE = 8**11  # what the 11 octal digits of the size field hold
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+
+
+def _member_header(name: str, size: int) -> bytes:
+    """Exactly the header tarfile writes; long names and huge members (GNU extension headers) go to tarfile."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > tarfile.LENGTH_NAME or size >= _MAX_FAST_SIZE:
+        return _gnu_header(name, size)
+    size_field = b"%011o\x00" % size
+    header = bytearray(_HEADER_TEMPLATE)
+    header[:len(raw)] = raw
+    header[124:136] = size_field
+    header[148:155] = b"%06o\x00" % (_TEMPLATE_SUM + sum(raw) + sum(size_field))  # byte 8 stays a space
+    return bytes(header)
 
 
 def build_tar(records: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
-    """Tar bytes for WebDataset records, deterministic: fixed mtime/owner/mode, record order, sorted fields."""
-    buffer = io.BytesIO()
+    """Tar bytes for WebDataset records, deterministic: fixed mtime/owner/mode, record order, sorted fields.
+
+    Byte for byte what `tarfile` (GNU format) writes for the same members."""
+    parts: list[bytes] = []
+    offset = 0
     seen: set[str] = set()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for record in records:
-            key = record["__key__"]
-            if not key or "." in key or "/" in key:
-                raise ValueError(f"unsafe WebDataset key {key!r}: use encode_key()")
-            if key in seen:
-                raise ValueError(f"duplicate WebDataset key {key!r} in one shard")
-            seen.add(key)
-            for field in sorted(k for k in record if not k.startswith("__")):
-                data = _member_bytes(record[field])
-                info = tarfile.TarInfo(f"{key}.{field}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue(), len(seen)
+    for record in records:
+        key = record["__key__"]
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"unsafe WebDataset key {key!r}: use encode_key()")
+        if key in seen:
+            raise ValueError(f"duplicate WebDataset key {key!r} in one shard")
+        seen.add(key)
+        for field in sorted(k for k in record if not k.startswith("__")):
+            data = _member_bytes(record[field])
+            header = _member_header(f"{key}.{field}", len(data))
+            padding = -len(data) % tarfile.BLOCKSIZE
+            parts += (header, data, _ZERO_BLOCK[:padding])
+            offset += len(header) + len(data) + padding
+    offset += 2 * tarfile.BLOCKSIZE  # end of archive: two zero blocks, then zeros up to a full record
+    parts += (_ZERO_BLOCK, _ZERO_BLOCK, bytes(-offset % tarfile.RECORDSIZE))
+    return b"".join(parts), len(seen)
 
 
 def write_webdataset(uri: str, records: Iterable[Mapping[str, Any]], kind: str = "accepted") -> ShardRef:

@@ -17,6 +17,7 @@ behave the same way to the rest of the engine:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -150,9 +151,15 @@ def fs_and_path(uri: str | os.PathLike[str]):
     uri = os.fspath(uri)
     if is_s3(uri):
         return _s3fs(), uri[len(S3_SCHEME):]
+    return _local_fs(), os.path.abspath(uri)
+
+
+@functools.lru_cache(maxsize=1)
+def _local_fs():
+    # fsspec would hand back the same instance anyway, after hashing its arguments on every call.
     from fsspec.implementations.local import LocalFileSystem
 
-    return LocalFileSystem(), os.path.abspath(uri)
+    return LocalFileSystem()
 
 
 def _s3fs():
@@ -181,11 +188,12 @@ def read_text(uri: str | os.PathLike[str]) -> str:
 def write_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
     """Write (replacing) in one step: a temp file renamed into place locally, a single put on S3."""
     uri = os.fspath(uri)
-    fs, path = fs_and_path(uri)
     if is_s3(uri):
+        fs, path = fs_and_path(uri)
         fs.pipe_file(path, data)
         _forget_listing(fs, path)
         return
+    path = os.path.abspath(uri)  # plain os calls: an fsspec instance per write costs more than small files
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     tmp = _write_temp(folder, data)

@@ -177,3 +177,29 @@ def test_synthetic_face_set_imports_without_quarantine(faces, tmp_path):
     assert summary["read"] == summary["imported"] > 0 and summary["quarantined"] == 0, summary["by_reason"]
     samples = list(dataset.iter_samples(str(tmp_path / "out")))
     assert len(samples) == summary["imported"] and all(s.dataset == "SynthFaces" for s in samples)
+
+
+def test_stored_images_get_a_header_check_and_jsonl_images_a_full_decode(tmp_path):
+    """Canonical rows whose bytes match their stored sha256 were fully decoded at import, so only
+    their header is read again; garbage is still quarantined there, and a single Parquet file from
+    elsewhere, like JSONL, gets the full decode that catches a truncated image."""
+    truncated = png_face(3)[:-40]  # a valid header, pixel data cut short
+    rows = []
+    for name, image in (("good", png_face(1)), ("garbage", b"not an image at all"), ("truncated", truncated)):
+        sample = Sample(id=name, dataset="RAF-DB", image=image, image_sha256=hashlib.sha256(image).hexdigest(),
+                        image_path=f"{name}.png", question="q", aus=("AU6",), labels=("happiness",))
+        rows.append(shards.sample_to_row(sample))
+    shards.write_parquet(str(tmp_path / "canonical" / "samples" / "part-00000.parquet"), rows, shards.SAMPLE_SCHEMA)
+    shards.write_parquet(str(tmp_path / "single.parquet"), rows, shards.SAMPLE_SCHEMA)
+
+    def outcome(items):
+        return {item.id if isinstance(item, Sample) else item.sample_id:
+                "ok" if isinstance(item, Sample) else dataset.reason_code(item.reason) for item in items}
+
+    assert outcome(dataset.load_input(str(tmp_path / "canonical"))) == {
+        "good": "ok", "garbage": "image_undecodable", "truncated": "ok"}
+    assert outcome(dataset.load_input(str(tmp_path / "single.parquet"))) == {
+        "good": "ok", "garbage": "image_undecodable", "truncated": "image_undecodable"}
+    with pytest.raises(dataset.InvalidRecord, match="image_undecodable"):
+        dataset.check_image(truncated)
+    dataset.check_image_header(truncated)  # the header alone is fine

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+from hypothesis import given, settings, strategies as st
+
 from engine.config import VerifierConfig
 from engine.facs import AU_DESCRIPTIONS, EMOTIONS
 from engine.prompts import (
@@ -141,3 +143,21 @@ def test_compact_style_keeps_the_rules_and_format_without_definitions():
     assert "MUST identify these Action Units: AU1" in compact  # the hint block is the same in both styles
     assert make_request(sample(), 0, hint=True).prompt_hash != make_request(sample(), 0, hint=True,
                                                                             style="compact").prompt_hash
+
+
+@settings(max_examples=60, deadline=None)
+@given(question=st.text(max_size=40), completion=st.text(max_size=60),
+       reasons=st.lists(st.sampled_from(["format", "au_missing:AU4", "label_mismatch:anger!=sadness", "x:\"\\"]),
+                        max_size=3),
+       retries=st.integers(0, 2), hint=st.booleans(), style=st.sampled_from(["full", "compact"]),
+       dataset=st.sampled_from(["RAF-DB", "DISFA", "Unlisted"]))
+def test_make_request_hash_equals_the_hash_of_its_messages(question, completion, reasons, retries, hint, style,
+                                                          dataset):
+    """make_request hashes the shared instructions once and the rest per request; the result must be
+    prompt_hash of the messages it returns, whatever the texts contain (quotes, escapes, NULs)."""
+    base = Sample(id="q", dataset=dataset, image=IMAGE, image_sha256=sha256_hex(IMAGE), image_path="q.png",
+                  question=question, aus=("AU6", "AU12"), labels=("happiness",) if dataset != "DISFA" else ())
+    history = [(completion + "\x00prompt-text\x00" * (i % 2), reasons) for i in range(retries)]
+    request = make_request(base, retries, hint=hint, history=history, style=style)
+    assert request.messages == build_messages(base, hint=hint, history=history, style=style)
+    assert request.prompt_hash == prompt_hash(request.messages)

@@ -136,3 +136,56 @@ def test_commit_records_are_write_once(tmp_path):
     refs = shards.read_commits(out)[1].shards
     assert _commit(out, 0, refs) is False
     assert storage.read_bytes(shards.commit_uri(out, 0)) == original
+
+
+def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """The reference: Python's tarfile writing the same members with the same fixed metadata."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=130), st.binary(max_size=1500)), min_size=0, max_size=6,
+                unique_by=lambda kv: shards.encode_key(kv[0])))
+def test_build_tar_writes_exactly_what_tarfile_writes(entries):
+    """Headers are stamped from a template for speed; the bytes must stay tarfile's, long names
+    (GNU long-name headers) included."""
+    records = [{"__key__": shards.encode_key(key), "png": data, "json": {"k": key}} for key, data in entries]
+    members = [(f"{r['__key__']}.{field}", shards._member_bytes(r[field])) for r in records for field in ("json", "png")]
+    data, count = shards.build_tar(records)
+    assert count == len(entries)
+    assert data == _tarfile_bytes(members)
+
+
+def test_shard_json_is_the_record_encoded_once():
+    """The stored json splices the row's meta text in; it must equal encoding the parsed record."""
+    sample = dataclasses.replace(make_sample(1, "x/ü"), meta={"z": [1.5, None], "a": {"meta_info": "\"q\""}, "s": "é"})
+    row = shards.accepted_row(sample, 'say "meta_info": "\\u0000" here', PROVENANCE, REWARDS)
+    text = shards.fea20k_json(row)
+    assert json.loads(text) == shards.fea20k_record(row)
+    assert text == json.dumps(shards.fea20k_record(row), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        shards.fea20k_json(row | {"meta": "[1, 2]"})
+
+
+def test_parquet_stores_images_uncompressed_and_the_rest_with_zstd(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = [shards.accepted_row(make_sample(i), f"completion {i}", PROVENANCE, REWARDS) for i in range(4)]
+    ref = shards.write_parquet(str(tmp_path / "a.parquet"), rows, shards.ACCEPTED_SCHEMA)
+    group = pq.ParquetFile(tmp_path / "a.parquet").metadata.row_group(0)
+    codecs = {group.column(i).path_in_schema: group.column(i).compression for i in range(group.num_columns)}
+    assert codecs.pop("image") == "UNCOMPRESSED"
+    assert "provenance.job_id" in codecs and "rewards.total" in codecs  # nested leaves are named, not skipped
+    assert set(codecs.values()) == {"ZSTD"}
+    assert [shards.row_to_sample(r) for r in shards.iter_parquet_rows(ref.uri)] == [
+        dataclasses.replace(make_sample(i), description=f"completion {i}") for i in range(4)]
+    shards.warm_up()
+    assert shards._leaf_columns.cache_info().currsize >= 4  # every schema's column paths known in advance

@@ -245,3 +245,43 @@ def test_lost_work_is_told_apart_from_bugs():
     assert _is_lost_work(ActorDiedError())
     assert not _is_lost_work(RayTaskError("GeneratorActor.generate", "traceback", ValueError("bug")))
     assert not _is_lost_work(ValueError("bug"))
+
+
+def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch):
+    """With the writer's listing of existing shards, an empty shard kind costs a delete only when a
+    file of an earlier try is there; the listing follows what each write adds and removes."""
+    from engine import partition as partition_module, storage
+
+    out = tmp_path / "out"
+    stale = out / "rejected" / "part-00001.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an interrupted run")
+    leftovers = partition_module.existing_shards(str(out))
+    assert leftovers == {"rejected/part-00001.parquet"}
+
+    removed = []
+    real_remove = storage.remove
+    monkeypatch.setattr(storage, "remove", lambda uri: (removed.append(os.path.relpath(uri, out)), real_remove(uri)))
+    first = next(cut_partitions([sample(0)], 4))  # partition 0: accepted only, nothing stale
+    write_partition(str(out), finished(first, accept={"s0"}), leftovers)
+    assert removed == []
+    assert leftovers == {"rejected/part-00001.parquet", "accepted/part-00000.tar", "accepted/part-00000.parquet"}
+
+    second = list(cut_partitions([sample(i) for i in range(8)], 4))[1]  # partition 1: s4..s7, all accepted
+    commit = write_partition(str(out), finished(second, accept={"s4", "s5", "s6", "s7"}), leftovers)
+    assert removed == ["rejected/part-00001.parquet"] and not stale.exists()
+    assert commit.rejected == 0 and "rejected/part-00001.parquet" not in leftovers
+    assert leftovers == partition_module.existing_shards(str(out))  # the listing stayed true
+
+
+def test_a_failed_shard_write_leaves_the_partition_uncommitted(tmp_path, monkeypatch):
+    """Shards are written side by side in threads; a failure in any of them must still stop the commit."""
+    def broken(uri, rows, schema, row_group_size=256):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shards, "write_parquet", broken)
+    partition = next(cut_partitions([sample(0), sample(1)], 4))
+    with pytest.raises(OSError, match="disk full"):
+        write_partition(str(tmp_path / "out"), finished(partition, accept={"s0"}))
+    assert not (tmp_path / "out" / "commits").exists()
+    assert shards.read_commits(str(tmp_path / "out")) == []
