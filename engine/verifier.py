@@ -26,8 +26,12 @@ Reasons are stable machine-readable strings: "format", "no_think", "no_answer", 
 "au_extra:AU9", "au_unknown:AU99", "label_mismatch:sadness!=anger", "forbidden_word:not",
 "hint_echo:ground truth", "too_short", "too_long".
 
-Hot paths use str methods and precompiled regexes: this runs on every generated sample and every
-GRPO rollout.
+This runs on every generated sample and every GRPO rollout, so `verify` and `compute_scores` take a
+fast path (`_verify`, `_read`): tags located once, one lower() of the think text shared by the
+AU mention scan and the word checks, all forbidden words found by one regex scan of a copy where
+every non-word character is a space, and per-config and per-gold preparation cached. Non-ASCII
+think text falls back to the plain matchers (`au_mentions`, `_forbidden_by_regex`), and
+tests/unit/test_verifier_reference.py checks the fast path against a plain regex reference.
 """
 from __future__ import annotations
 
@@ -54,6 +58,12 @@ PAPER_AU_RE = re.compile(r"AU\d+")
 # ("AU4s" -> AU4). [^\W_] is a letter or digit.
 _MENTION_RE = re.compile(
     r"AU(?:(?<![^\W_]AU)|(?<=[LR]AU)(?<![^\W_][LR]AU))[ _-]?0*(\d+)(?:[A-E]?[LR]?(?![^\W_])|(?!\d))")
+# The same pattern for lower-cased ASCII text, so the strict policy's single lower() serves both the
+# mention scan and the word checks (upper and lower case map ASCII letters one to one; re.ASCII
+# changes nothing on ASCII text and makes the scan a little faster).
+_MENTION_LOWER_RE = re.compile(
+    r"au(?:(?<![^\W_]au)|(?<=[lr]au)(?<![^\W_][lr]au))[ _-]?0*(\d+)(?:[a-e]?[lr]?(?![^\W_])|(?!\d))",
+    re.ASCII)
 _NUMBER_TO_AU = {au[2:]: au for au in AU_DESCRIPTIONS}
 _AU_ORDER = {au: i for i, au in enumerate(AU_DESCRIPTIONS)}
 
@@ -82,10 +92,14 @@ class VerifyItem(NamedTuple):
 def format_ok(text: str) -> bool:
     """Same result as PAPER_FORMAT_RE.fullmatch(text) (a property test checks), without regex
     backtracking over the whole completion."""
-    if not (text.startswith(THINK_OPEN) and text.endswith(ANSWER_CLOSE)):
+    return text.startswith(THINK_OPEN) and _format_tail_ok(text, text.find(THINK_CLOSE, len(THINK_OPEN)))
+
+
+def _format_tail_ok(text: str, close: int) -> bool:
+    """format_ok for a text that starts with <think>, given `close`, its first </think> after that."""
+    if not text.endswith(ANSWER_CLOSE):
         return False
     last_answer_close = len(text) - len(ANSWER_CLOSE)
-    close = text.find(THINK_CLOSE, len(THINK_OPEN))
     while close != -1:
         pos = close + len(THINK_CLOSE)
         while pos < last_answer_close and text[pos].isspace():  # \s* (str.isspace is re's \s)
@@ -111,18 +125,28 @@ def au_mentions(text: str) -> tuple[set[str], list[str]]:
     Case-insensitive; "AU04", "au 4", "AU-4", "AU12B", "AU12L" and a side prefix ("LAU12") count.
     A mention glued to a preceding letter or digit ("BEAU 4", "XAU4") does not.
     """
-    known: set[str] = set()
-    unknown: list[str] = []
     upper = text.upper()
     if "AU" not in upper:  # most text outside <think> has no mention: skip the regex
-        return known, unknown
-    for number in _MENTION_RE.findall(upper):
-        au = _NUMBER_TO_AU.get(number)
-        if au is not None:
-            known.add(au)
-        elif f"AU{number}" not in unknown:
-            unknown.append(f"AU{number}")
-    return known, unknown
+        return set(), []
+    return _mentioned(_MENTION_RE.findall(upper))
+
+
+def _think_mentions(think: str, lower: str) -> tuple[set[str], list[str]]:
+    """au_mentions(think), scanning `lower` (= think.lower()) when the text is ASCII."""
+    if not think.isascii():  # upper() and lower() are not mirror images beyond ASCII ("ß" -> "SS")
+        return au_mentions(think)
+    if "au" not in lower:
+        return set(), []
+    return _mentioned(_MENTION_LOWER_RE.findall(lower))
+
+
+def _mentioned(numbers: Iterable[str]) -> tuple[set[str], list[str]]:
+    """Mentioned AU numbers -> (canonical ids, unknown ids as "AU<n>" in first-seen order)."""
+    known = set(map(_NUMBER_TO_AU.get, numbers))
+    if None not in known:  # the usual case: every mention is one of the 30 AUs
+        return known, []
+    known.discard(None)
+    return known, [f"AU{n}" for n in dict.fromkeys(numbers) if n not in _NUMBER_TO_AU]
 
 
 def raw_au_ids(text: str, *, ignore_case: bool = False) -> frozenset[str]:
@@ -138,7 +162,10 @@ def _sort_key(au: str) -> tuple[int, str]:
 
 
 def _sorted(aus: Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted(aus, key=_sort_key))
+    try:  # canonical ids, the usual case: a dict lookup per id instead of a Python key function
+        return tuple(sorted(aus, key=_AU_ORDER.__getitem__))
+    except KeyError:
+        return tuple(sorted(aus, key=_sort_key))
 
 
 def parse_completion(text: str) -> Parsed:
@@ -192,27 +219,11 @@ def _gold_label(gold_labels: Sequence[str]) -> str:
     return normalize_emotion(first) or first.strip().lower()
 
 
-def _gold_au_set(gold_aus: Iterable[str]) -> set[str]:
-    # Gold ids the vocabulary does not know stay as given: they can never be matched, so they show
-    # up as au_missing instead of disappearing.
-    return {au if au in AU_DESCRIPTIONS else (normalize_au(au) or au) for au in gold_aus}
-
-
-def _scores(parsed: Parsed, gold: set[str], gold_labels: Sequence[str], cfg: VerifierConfig,
-            label_set: Sequence[str] | None) -> Scores:
-    pred = set(parsed.think_aus)
-    pred.update(parsed.unknown_aus)  # hallucinated ids are false positives, as in the raw regex
-    au = r_au(pred, gold)
-    acc = r_acc(parsed.answer, gold_labels, label_set=label_set, without_label=cfg.acc_without_label)
-    fmt = 1.0 if parsed.format_ok else 0.0
-    total = cfg.au_weight * au + cfg.acc_weight * acc + cfg.format_weight * fmt
-    clamp = cfg.total_clamp
-    return Scores(au=au, acc=acc, format=fmt, total=max(-clamp, min(clamp, total)))
-
-
 def compute_scores(completion: str, gold_aus: Sequence[str], gold_labels: Sequence[str],
                    cfg: VerifierConfig, *, label_set: Sequence[str] | None = None) -> Scores:
-    return _scores(parse_completion(completion), _gold_au_set(gold_aus), gold_labels, cfg, label_set)
+    plan, gold = _plan(cfg), _gold(gold_aus, gold_labels, label_set)
+    think, lower, answer, known, unknown, fmt_ok = _read(completion)
+    return _scores(plan, gold, known, unknown, _answer_label(answer, gold), fmt_ok)
 
 
 # ---------------------------------------------------------------- acceptance
@@ -225,7 +236,10 @@ _NON_WORD_TO_SPACE = bytes(c if chr(c) in _WORD_CHARS else 32 for c in range(256
 class _Rules(NamedTuple):
     words: tuple[str, ...]  # lower-cased forbidden words, in configured order
     words_re: re.Pattern[str] | None  # the reference matcher (any text)
-    padded_words: tuple[tuple[str, bytes], ...] | None  # fast ASCII matcher; None if a word is not [a-z0-9_]+
+    # The ASCII matcher over _spaced() text: " (word)(?= )", with what each match reports; None when
+    # a word is not [a-z0-9_]+ (it could span a separator) or nothing is forbidden.
+    spaced_re: re.Pattern[bytes] | None
+    spaced_words: dict[bytes, str]
     counts_contractions: bool  # "not" is forbidden, so "isn't", "don’t", "cannot" are too
     hint_phrases: tuple[str, ...]
 
@@ -247,9 +261,14 @@ def _rules(forbidden_words: tuple[str, ...], hint_phrases: tuple[str, ...]) -> _
     counts_contractions = "not" in words
     alternatives = list(words) + (["n't", "n’t", "cannot"] if counts_contractions else [])
     words_re = re.compile(f"(?:{_alternation(alternatives)})\\b") if alternatives else None
+    # "cannot" is one word, so it is matched whole; the glued "n't" is left to the reference regex.
+    spaced_words = {w.encode(): w for w in words}
+    if counts_contractions:
+        spaced_words.setdefault(b"cannot", "not")
     plain = all(set(w) <= _WORD_CHARS for w in words)
-    padded = tuple((w, f" {w} ".encode()) for w in words) if plain else None
-    return _Rules(words, words_re, padded, counts_contractions,
+    spaced_re = (re.compile(f" ({_alternation(map(bytes.decode, spaced_words))})(?= )".encode())
+                 if plain and spaced_words else None)
+    return _Rules(words, words_re, spaced_re, spaced_words if plain else {}, counts_contractions,
                   tuple(p.lower() for p in hint_phrases if p.strip()))
 
 
@@ -269,15 +288,18 @@ def _forbidden_by_regex(lower: str, rules: _Rules) -> set[str]:
     return found
 
 
-def _forbidden_ascii(lower: str, spaced: bytes, rules: _Rules) -> set[str]:
-    assert rules.padded_words is not None
-    found = {word for word, padded in rules.padded_words if padded in spaced}
-    if rules.counts_contractions:
-        if b" cannot " in spaced:
-            found.add("cannot" if "cannot" in rules.words else "not")
-        if "not" not in found and "n't" in lower and "not" in _forbidden_by_regex(lower, rules):
-            found.add("not")
-    return found
+def _forbidden_ascii(lower: str, spaced: bytes, rules: _Rules) -> list[str]:
+    """The forbidden words in ASCII `lower`, in configured order, from one scan of `spaced` (see
+    _spaced), where every word is preceded and followed by a space; the reference regex runs only
+    to confirm a contraction."""
+    assert rules.spaced_re is not None
+    matches = rules.spaced_re.findall(spaced)
+    found = {rules.spaced_words[m] for m in matches} if matches else set()
+    # "'" is rare in model text and found by memchr, so it guards the slower "n't" search.
+    if (rules.counts_contractions and "not" not in found and "'" in lower and "n't" in lower
+            and "not" in _forbidden_by_regex(lower, rules)):
+        found.add("not")
+    return [word for word in rules.words if word in found] if found else []
 
 
 def _spaced(lower: str) -> bytes:
@@ -285,8 +307,9 @@ def _spaced(lower: str) -> bytes:
 
 
 def _forbidden_found(lower: str, spaced: bytes | None, rules: _Rules) -> list[str]:
-    found = (_forbidden_ascii(lower, spaced, rules) if spaced is not None and rules.padded_words is not None
-             else _forbidden_by_regex(lower, rules))
+    if spaced is not None and rules.spaced_re is not None:
+        return _forbidden_ascii(lower, spaced, rules)
+    found = _forbidden_by_regex(lower, rules)
     return [w for w in rules.words if w in found] + sorted(found.difference(rules.words))
 
 
@@ -307,15 +330,6 @@ def think_words_exceed(think: str, limit: int, *, spaced: bytes | None = None) -
     return len(think.split(None, limit)) > limit
 
 
-def _think_length_reason(think: str, cfg: VerifierConfig, spaced: bytes | None = None) -> str | None:
-    # split(None, k) stops after k splits, so only the bound that matters is counted.
-    if cfg.min_think_words and len(think.split(None, cfg.min_think_words - 1)) < cfg.min_think_words:
-        return "too_short"
-    if think_words_exceed(think, cfg.max_think_words, spaced=spaced):
-        return "too_long"
-    return None
-
-
 def _au_set_reasons(pred: Iterable[str], gold: Iterable[str]) -> list[str]:
     pred, gold = set(pred), set(gold)
     if pred == gold:
@@ -328,43 +342,6 @@ def _shown(text: str | None) -> str:
     return "" if text is None else text.strip().lower()[:40]
 
 
-def _strict(parsed: Parsed, gold: set[str], gold_labels: Sequence[str], cfg: VerifierConfig,
-            label_set: Sequence[str] | None) -> tuple[list[str], str | None]:
-    reasons: list[str] = []
-    if not parsed.format_ok:
-        reasons.append("format")
-    if parsed.think is None:
-        reasons.append("no_think")
-    if not parsed.answer:
-        reasons.append("no_answer")
-    reasons += _au_set_reasons(parsed.think_aus, gold)
-    reasons += [f"au_unknown:{au}" for au in parsed.unknown_aus]
-    if gold_labels:
-        predicted = None if parsed.answer is None else normalize_emotion(parsed.answer, label_set)
-        expected = _gold_label(gold_labels)
-        if parsed.answer and predicted != expected:
-            reasons.append(f"label_mismatch:{predicted or _shown(parsed.answer)}!={expected}")
-    else:  # no gold label (AU-only data): the answer must still name an emotion
-        predicted = None if parsed.answer is None else normalize_emotion(parsed.answer, label_set or EMOTIONS)
-        if parsed.answer and predicted is None:
-            reasons.append(f"label_mismatch:{_shown(parsed.answer)}!=<emotion>")
-    reasons += _think_reasons(parsed.think or "", cfg)
-    return reasons, predicted
-
-
-def _think_reasons(think: str, cfg: VerifierConfig) -> list[str]:
-    """Forbidden words, hint echo and length: everything strict checks in the think text's wording."""
-    rules = _rules(cfg.forbidden_words, cfg.hint_phrases)
-    lower = think.lower()
-    spaced = _spaced(lower) if lower.isascii() else None
-    reasons = [f"forbidden_word:{w}" for w in _forbidden_found(lower, spaced, rules)]
-    reasons += [f"hint_echo:{p}" for p in rules.hint_phrases if p in lower]
-    length_reason = _think_length_reason(think, cfg, spaced)
-    if length_reason:
-        reasons.append(length_reason)
-    return reasons
-
-
 def paper_answer_labels(answer: str | None) -> frozenset[str]:
     """The paper's filter reads the answer as comma-separated labels, stripped, case-sensitive."""
     if answer is None:
@@ -372,41 +349,171 @@ def paper_answer_labels(answer: str | None) -> frozenset[str]:
     return frozenset(part.strip() for part in answer.split(",") if part.strip())
 
 
-def _paper(parsed: Parsed, completion: str, gold_aus: Sequence[str],
-           gold_labels: Sequence[str]) -> tuple[list[str], list[str], tuple[str, ...]]:
-    """-> (blocking reasons, reported-only reasons, raw predicted AU ids)."""
+# ---------------------------------------------------------------- the fast path
+class _Plan(NamedTuple):
+    """What verification needs from a VerifierConfig, prepared once per config."""
+
+    strict: bool
+    au_weight: float
+    acc_weight: float
+    format_weight: float
+    clamp: float
+    acc_without_label: float
+    rules: _Rules
+    min_think_words: int
+    max_think_words: int
+
+
+@lru_cache(maxsize=64)
+def _plan(cfg: VerifierConfig) -> _Plan:
+    return _Plan(cfg.policy == "strict", cfg.au_weight, cfg.acc_weight, cfg.format_weight, cfg.total_clamp,
+                 cfg.acc_without_label, _rules(cfg.forbidden_words, cfg.hint_phrases), cfg.min_think_words,
+                 cfg.max_think_words)
+
+
+class _Gold(NamedTuple):
+    """What verification needs from one sample's gold, prepared once: the attempts of a sample, and
+    the rollouts of a GRPO group, share it."""
+
+    aus: frozenset[str]  # normalised gold AUs (rewards, strict)
+    raw_aus: frozenset[str]  # as given (the paper's filter compares raw ids)
+    has_label: bool
+    label: str  # normalised first gold label ("" without labels)
+    answer_labels: Sequence[str] | None  # the labels an answer is normalised within
+    paper_labels: frozenset[str]
+    paper_labels_shown: str
+
+
+def _gold(gold_aus: Iterable[str], gold_labels: Iterable[str], label_set: Iterable[str] | None) -> _Gold:
+    return _gold_prepared(tuple(gold_aus), tuple(gold_labels), None if label_set is None else tuple(label_set))
+
+
+@lru_cache(maxsize=4096)
+def _gold_prepared(gold_aus: tuple[str, ...], gold_labels: tuple[str, ...],
+                   label_set: tuple[str, ...] | None) -> _Gold:
+    # Gold ids the vocabulary does not know stay as given: they can never be matched, so they show
+    # up as au_missing instead of disappearing.
+    aus = frozenset(au if au in AU_DESCRIPTIONS else (normalize_au(au) or au) for au in gold_aus)
+    # Without a gold label (AU-only data) the answer must still name one of the eight emotions.
+    answer_labels = label_set if gold_labels else (label_set or EMOTIONS)
+    paper_labels = frozenset(gold_labels)
+    return _Gold(aus, frozenset(gold_aus), bool(gold_labels), _gold_label(gold_labels) if gold_labels else "",
+                 answer_labels, paper_labels, ",".join(sorted(paper_labels)))
+
+
+def _read(text: str) -> tuple[str | None, str, str | None, set[str], list[str], bool]:
+    """One completion -> (think or None, think.lower() or "", answer, canonical AU ids mentioned in
+    the think text, unknown AU ids there in first-seen order, format_ok): parse_completion without
+    the mentions outside <think>, each tag searched once."""
+    start = text.find(THINK_OPEN)
+    end = -1 if start == -1 else text.find(THINK_CLOSE, start + len(THINK_OPEN))
+    fmt_ok = start == 0 and _format_tail_ok(text, end)
+    if end == -1:
+        return None, "", answer_text(text), set(), [], fmt_ok
+    think = text[start + len(THINK_OPEN):end]
+    lower = think.lower()
+    known, unknown = _think_mentions(think, lower)
+    return think, lower, answer_text(text), known, unknown, fmt_ok
+
+
+def _answer_label(answer: str | None, gold: _Gold) -> str | None:
+    return None if answer is None else normalize_emotion(answer, gold.answer_labels)
+
+
+def _scores(plan: _Plan, gold: _Gold, known: set[str], unknown: list[str], predicted: str | None,
+            fmt_ok: bool) -> Scores:
+    # r_au, with hallucinated ids as false positives (as in the raw regex)
+    pred = known.union(unknown) if unknown else known
+    if not gold.aus:
+        au = 0.0
+    elif not pred:
+        au = -1.0
+    else:
+        au = 4.0 * len(pred & gold.aus) / (len(pred) + len(gold.aus)) - 1.0
+    # r_acc: an answer outside the label set normalises to None, which never equals the gold label
+    acc = (1.0 if predicted == gold.label else 0.0) if gold.has_label else plan.acc_without_label
+    fmt = 1.0 if fmt_ok else 0.0
+    total = plan.au_weight * au + plan.acc_weight * acc + plan.format_weight * fmt
+    return Scores(au, acc, fmt, max(-plan.clamp, min(plan.clamp, total)))
+
+
+def _wording_reasons(think: str, lower: str, plan: _Plan) -> list[str]:
+    """Forbidden words, hint echo and length: everything strict checks in the think text's wording."""
+    rules = plan.rules
+    spaced = _spaced(lower) if lower.isascii() else None
+    found = (_forbidden_ascii(lower, spaced, rules) if spaced is not None and rules.spaced_re is not None
+             else _forbidden_found(lower, None, rules))
+    reasons = [f"forbidden_word:{w}" for w in found]
+    reasons += [f"hint_echo:{p}" for p in rules.hint_phrases if p in lower]
+    # split(None, k) stops after k splits, so only the bound that matters is counted.
+    minimum = plan.min_think_words
+    if minimum and len(think.split(None, minimum - 1)) < minimum:
+        reasons.append("too_short")
+    elif think_words_exceed(think, plan.max_think_words, spaced=spaced):
+        reasons.append("too_long")
+    return reasons
+
+
+def _verdict(sample_id: str, attempt: int, scores: Scores, accepted: bool, reasons: tuple[str, ...],
+             predicted_aus: tuple[str, ...], predicted_label: str | None, policy: str) -> Verdict:
+    """The Verdict(...) its __init__ would build, without the one object.__setattr__ call per field
+    that a frozen dataclass pays (about a twentieth of a verification). Right while Verdict is a
+    plain frozen dataclass without __post_init__; a test checks."""
+    verdict = object.__new__(Verdict)
+    verdict.__dict__.update(sample_id=sample_id, attempt=attempt, scores=scores, accepted=accepted, reasons=reasons,
+                            predicted_aus=predicted_aus, predicted_label=predicted_label, policy=policy,
+                            verifier_version=VERIFIER_VERSION)
+    return verdict
+
+
+def _verify(completion: str, gold: _Gold, plan: _Plan, sample_id: str, attempt: int) -> Verdict:
+    think, lower, answer, known, unknown, fmt_ok = _read(completion)
+    predicted = _answer_label(answer, gold)
+    scores = _scores(plan, gold, known, unknown, predicted, fmt_ok)
+    if not plan.strict:
+        return _paper_verdict(completion, answer, think is not None, fmt_ok, gold, scores, sample_id, attempt)
+    reasons = [] if fmt_ok else ["format"]
+    if think is None:
+        reasons.append("no_think")
+    if not answer:
+        reasons.append("no_answer")
+    if known != gold.aus:
+        reasons += _au_set_reasons(known, gold.aus)
+    if unknown:
+        reasons += [f"au_unknown:{au}" for au in unknown]
+    if answer and (predicted != gold.label if gold.has_label else predicted is None):
+        expected = gold.label if gold.has_label else "<emotion>"
+        reasons.append(f"label_mismatch:{predicted or _shown(answer)}!={expected}")
+    reasons += _wording_reasons(think or "", lower, plan)
+    return _verdict(sample_id, attempt, scores, not reasons, tuple(reasons),
+                    tuple(sorted(known, key=_AU_ORDER.__getitem__)), predicted, "strict")
+
+
+def _paper_verdict(completion: str, answer: str | None, has_think: bool, fmt_ok: bool, gold: _Gold,
+                   scores: Scores, sample_id: str, attempt: int) -> Verdict:
     raw = raw_au_ids(completion)
-    blocking = _au_set_reasons(raw, gold_aus)
-    labels = paper_answer_labels(parsed.answer)
-    gold_label_set = frozenset(gold_labels)
-    if labels != gold_label_set:
-        blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={','.join(sorted(gold_label_set))}")
-    notes = ([] if parsed.format_ok else ["format"]) + ([] if parsed.think is not None else ["no_think"]) \
-        + ([] if parsed.answer else ["no_answer"])
-    return blocking, notes, _sorted(raw)
+    blocking = [] if raw == gold.raw_aus else _au_set_reasons(raw, gold.raw_aus)
+    labels = paper_answer_labels(answer)
+    if labels != gold.paper_labels:
+        blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={gold.paper_labels_shown}")
+    notes = ([] if fmt_ok else ["format"]) + ([] if has_think else ["no_think"]) + ([] if answer else ["no_answer"])
+    return _verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), _sorted(raw), answer,
+                    "paper")
 
 
 def verify(completion: str, gold_aus: Sequence[str], gold_labels: Sequence[str], cfg: VerifierConfig, *,
            sample_id: str = "", attempt: int = 0, label_set: Sequence[str] | None = None) -> Verdict:
     """Scores and acceptance of one completion under cfg.policy. `label_set` (the dataset's labels)
     restricts which answer words count as emotions."""
-    parsed = parse_completion(completion)
-    gold = _gold_au_set(gold_aus)
-    scores = _scores(parsed, gold, gold_labels, cfg, label_set)
-    if cfg.policy == "paper":
-        blocking, notes, predicted_aus = _paper(parsed, completion, gold_aus, gold_labels)
-        return Verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), predicted_aus,
-                       parsed.answer, "paper", VERIFIER_VERSION)
-    reasons, predicted = _strict(parsed, gold, gold_labels, cfg, label_set)
-    return Verdict(sample_id, attempt, scores, not reasons, tuple(reasons), parsed.think_aus, predicted,
-                   "strict", VERIFIER_VERSION)
+    return _verify(completion, _gold(gold_aus, gold_labels, label_set), _plan(cfg), sample_id, attempt)
 
 
 def verify_batch(items: Iterable[VerifyItem | tuple], cfg: VerifierConfig) -> list[Verdict]:
     """verify() over many items (VerifyItem or tuples in its field order)."""
+    plan = _plan(cfg)
     out: list[Verdict] = []
     for item in items:
-        it = item if isinstance(item, VerifyItem) else VerifyItem(*item)
-        out.append(verify(it.completion, it.gold_aus, it.gold_labels, cfg, sample_id=it.sample_id,
-                          attempt=it.attempt, label_set=it.label_set))
+        completion, gold_aus, gold_labels, sample_id, attempt, label_set = (
+            item if isinstance(item, VerifyItem) else VerifyItem(*item))
+        out.append(_verify(completion, _gold(gold_aus, gold_labels, label_set), plan, sample_id, attempt))
     return out
