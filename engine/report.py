@@ -110,6 +110,7 @@ def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float | None]],
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for name, ys in series.items():
         ax.plot(list(x), [math.nan if y is None else y for y in ys], marker="o", label=name)
+    ax.set_xticks(list(x))  # one tick per point: rounds are whole numbers
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
