@@ -1,0 +1,40 @@
+"""Every shipped YAML with a `loop:` section loads into LoopConfig, headed by its launch command."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.config import ConfigError, LoopConfig, load_config
+from engine.loop import held_out_score
+
+CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
+                 if "loop" in (yaml.safe_load(p.read_text()) or {}))
+DEMO_PATHS = {"out": "o", "base_model.path": "m", "seed_data": ["s.jsonl"], "pool": "p.jsonl", "test": "t.jsonl"}
+
+
+def test_demo_and_gpu_loops_are_shipped():
+    assert {p.name for p in CONFIGS} >= {"demo.yaml", "loop-gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_loop_config_loads_and_says_how_to_launch(path):
+    overrides = DEMO_PATHS if path.name == "demo.yaml" else {}  # `fea demo` fills the demo's paths in
+    cfg = load_config(LoopConfig, path, overrides, section="loop")
+    assert cfg.rounds >= 1 and cfg.synth.max_retries >= 0
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines()))
+    assert "fea demo" in header or "fea loop" in header
+
+
+def test_a_loop_without_its_data_is_refused_with_the_missing_fields():
+    with pytest.raises(ConfigError, match="the loop needs out, pool, test, base_model.path, seed_data"):
+        load_config(LoopConfig, None, {})
+
+
+def test_held_out_score_counts_a_missing_metric_as_zero():
+    metrics = {"overall": {"emotion_accuracy": 0.5, "rouge_l_f": None, "au_macro_f1": 0.25}}
+    assert held_out_score(metrics, "rege") == 0.5
+    assert held_out_score(metrics, "au_macro_f1") == 0.25
+    assert held_out_score(metrics, "rouge_l_f") == 0.0
