@@ -238,7 +238,8 @@ class LoopConfig(Section):
     """
 
     out: str = Field("", description="Run folder (local or s3://): one round-NN/ folder per round, report.md.")
-    work_dir: str | None = Field(None, description="Local scratch for training when `out` is s3:// (default: a temp dir).")
+    work_dir: str | None = Field(None, description="Local folder for checkpoints when `out` is s3:// (default: a new "
+                                 "temp dir; set it so that --resume finds a killed training step's checkpoints).")
     base_model: ModelConfig = ModelConfig()
     seed_data: tuple[str, ...] = Field((), description="Seed reasoning set(s) for round-0 SFT and every retraining.")
     pool: str = Field("", description="Labelled pool to synthesise reasoning for (canonical dataset or FEA-20K JSONL).")
