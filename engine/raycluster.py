@@ -5,8 +5,10 @@ call `ray stop`, which would stop every Ray here.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from typing import Iterator
 
 # Environment the workers need: offline model loading, and the S3 settings of the driver.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -31,6 +33,26 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         temp_dir = tempfile.mkdtemp(prefix="fea-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _temp_dir=temp_dir, runtime_env=runtime_env, log_to_driver=False)
+        with _startup_concurrency(_LOCAL_STARTUP_CONCURRENCY):
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     _temp_dir=temp_dir, runtime_env=runtime_env, log_to_driver=False)
     return True
+
+
+# Ray starts at most one worker process per CPU at a time, so on a 2-core machine a job's generator,
+# filter and writer actors would start one after another; the raylet reads this when it starts.
+_LOCAL_STARTUP_CONCURRENCY = 4
+_STARTUP_ENV = "RAY_worker_maximum_startup_concurrency"
+
+
+@contextlib.contextmanager
+def _startup_concurrency(workers: int) -> Iterator[None]:
+    """Set the raylet's worker start-up concurrency (unless the user did) while a local Ray starts."""
+    previous = os.environ.get(_STARTUP_ENV)
+    if previous is None:
+        os.environ[_STARTUP_ENV] = str(max(workers, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_STARTUP_ENV, None)
