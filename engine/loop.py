@@ -112,13 +112,15 @@ def _train(run: Run, index: int, step: str, section: SFTSection | GRPOSection, d
 
 
 def _accepted_ids(run: Run, before: int) -> set[str]:
-    from engine.dataset import iter_samples
+    """Ids accepted by the synthesis of earlier rounds (committed shards only; the id column alone)."""
+    from engine.shards import committed_shard_uris, iter_parquet_rows
 
     ids: set[str] = set()
     for index in range(before):
         record = run.record(index, "synth")
         if record is not None:
-            ids.update(sample.id for sample in iter_samples(record["out"]))
+            for uri in committed_shard_uris(record["out"], "accepted", "parquet"):
+                ids.update(row["id"] for row in iter_parquet_rows(uri, columns=["id"]))
     return ids
 
 
