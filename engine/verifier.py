@@ -207,14 +207,15 @@ def r_acc(answer: str | None, gold_labels: Sequence[str], *, label_set: Sequence
         return without_label
     if answer is None:
         return 0.0
-    return 1.0 if normalize_emotion(answer, label_set) == _gold_label(gold_labels) else 0.0
+    return 1.0 if normalize_emotion(answer, label_set) == gold_label(gold_labels) else 0.0
 
 
 def r_format(text: str) -> float:
     return 1.0 if format_ok(text) else 0.0
 
 
-def _gold_label(gold_labels: Sequence[str]) -> str:
+def gold_label(gold_labels: Sequence[str]) -> str:
+    """The label an answer is compared with: the first gold label, as an emotion noun where it is one."""
     first = gold_labels[0]
     return normalize_emotion(first) or first.strip().lower()
 
@@ -397,7 +398,7 @@ def _gold_prepared(gold_aus: tuple[str, ...], gold_labels: tuple[str, ...],
     # Without a gold label (AU-only data) the answer must still name one of the eight emotions.
     answer_labels = label_set if gold_labels else (label_set or EMOTIONS)
     paper_labels = frozenset(gold_labels)
-    return _Gold(aus, frozenset(gold_aus), bool(gold_labels), _gold_label(gold_labels) if gold_labels else "",
+    return _Gold(aus, frozenset(gold_aus), bool(gold_labels), gold_label(gold_labels) if gold_labels else "",
                  answer_labels, paper_labels, ",".join(sorted(paper_labels)))
 
 

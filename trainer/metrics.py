@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from engine.facs import au_number, label_set_for, normalize_emotion
+from engine.verifier import gold_label as verifier_gold_label
 from engine.verifier import parse_completion, r_format
 
 NO_ANSWER = "(none)"  # confusion-matrix column for missing, empty or unknown answers
@@ -69,10 +70,7 @@ class Metrics:
 
 # ---------------------------------------------------------------- reading one completion
 def gold_label(record: EvalRecord) -> str | None:
-    if not record.gold_labels:
-        return None
-    first = record.gold_labels[0]
-    return normalize_emotion(first) or first.strip().lower()
+    return verifier_gold_label(record.gold_labels) if record.gold_labels else None
 
 
 def answer_label(completion: str, dataset: str) -> str | None:
