@@ -34,7 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
-_SECRET_KEY_PATTERN = re.compile(r"secret|password|passwd|token|credential|access_key|(^|_)key$", re.IGNORECASE)
+# A credential's name: one of these words as a whole segment of the key ("aws_secret_access_key",
+# "session-token", "storage.key"), so settings like "max_new_tokens" stay readable.
+_SECRET_KEY_PATTERN = re.compile(r"(^|[_.\-])(secret|password|passwd|token|credentials?|access_key|key)([_.\-]|$)",
+                                 re.IGNORECASE)
 _REDACTED = "***"
 
 

@@ -90,23 +90,13 @@ def job_identity(cfg: SynthConfig, job_id: str) -> dict[str, Any]:
     return {k: v for k, v in sorted(flat.items()) if k not in OPERATIONAL_KEYS}
 
 
-def _redact_uris(tree: Any) -> Any:
-    """Credentials embedded in URIs removed. The config holds no secret fields of its own, so only
-    string values are redacted (key-name heuristics would also hide e.g. max_new_tokens)."""
-    if isinstance(tree, dict):
-        return {k: _redact_uris(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_redact_uris(v) for v in tree]
-    return storage.redact(tree) if isinstance(tree, str) else tree
-
-
 def open_job(cfg: SynthConfig, job_id: str) -> dict[str, Any]:
     """Write OUT/job.json once; on a rerun, refuse a job whose identity differs from the stored one."""
     import json
 
     identity = job_identity(cfg, job_id)
     record = {"job_id": job_id, "identity_sha256": sha256_hex(json.dumps(identity, sort_keys=True).encode()),
-              "identity": _redact_uris(identity), "config": _redact_uris(cfg.model_dump(mode="json"))}
+              "identity": storage.redact(identity), "config": storage.redact(cfg.model_dump(mode="json"))}
     uri = storage.join(cfg.out, "job.json")
     if storage.write_once(uri, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()):
         return record

@@ -92,4 +92,9 @@ def test_redact_hides_credentials(monkeypatch):
     assert "very-secret-value" not in shown and "AKIDEXAMPLE" not in shown
     assert "pw@" not in shown and "abc" not in shown and "part=1" in shown
     assert "http://127.0.0.1:9000" in shown  # the endpoint is not a secret and helps debugging
+    s3fs_style = storage.redact({"key": "AKIDEXAMPLE", "secret": "s3cr3t", "token": "t0k",
+                                 "generation.max_new_tokens": 256, "max_num_seqs": 64})
+    assert s3fs_style["key"] == s3fs_style["secret"] == s3fs_style["token"] == "***"
+    assert s3fs_style["generation.max_new_tokens"] == 256 and s3fs_style["max_num_seqs"] == 64  # settings stay readable
+    assert storage.redact("s3://b/k?access_token=abc&part=2") == "s3://b/k?access_token=***&part=2"
     assert storage.polars_storage_options("/local/x.parquet") is None
