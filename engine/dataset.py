@@ -244,8 +244,9 @@ def _iter_sample_rows(part_uris: list[str], decode_images: bool = True) -> Itera
     `decode_images=False` is for shards this engine wrote from validated samples (a canonical
     dataset, committed synthesis output): every image was decoded when it was stored, so matching
     its stored sha256 and reading its header is enough."""
+    seen_ids: set[str] = set()  # one id space over every part: a repeat in a later part is a duplicate too
     for part in part_uris:
-        validator = RecordValidator(source=part, decode_images=decode_images)
+        validator = RecordValidator(source=part, seen_ids=seen_ids, decode_images=decode_images)
         for index, row in enumerate(shards.iter_parquet_rows(part)):
             try:
                 record = shards.fea20k_record(row)

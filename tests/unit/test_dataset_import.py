@@ -163,6 +163,20 @@ def test_stored_rows_are_rechecked_on_load(tmp_path):
     assert isinstance(items[1], QuarantineRecord) and items[1].reason == "image_sha256_mismatch"
 
 
+def test_an_id_repeated_in_a_later_part_is_a_duplicate(tmp_path):
+    """One id space over all parts of a dataset: the trainer and synthesis never see an id twice."""
+    good = png_face(1)
+    sample = Sample(id="a", dataset="RAF-DB", image=good, image_sha256=hashlib.sha256(good).hexdigest(),
+                    image_path="a.png", question="q", aus=("AU6",), labels=("happiness",))
+    for part in ("part-00000", "part-00001"):
+        shards.write_parquet(str(tmp_path / "samples" / f"{part}.parquet"), [shards.sample_to_row(sample)],
+                             shards.SAMPLE_SCHEMA)
+    items = list(dataset.load_input(str(tmp_path)))
+    assert items[0] == sample
+    assert isinstance(items[1], QuarantineRecord) and items[1].reason == "duplicate_id"
+    assert [s.id for s in dataset.iter_samples(str(tmp_path))] == ["a"]
+
+
 def test_empty_input_still_writes_a_readable_dataset(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     summary = dataset.import_fea20k(str(tmp_path / "empty.jsonl"), str(tmp_path), str(tmp_path / "out"))
