@@ -28,14 +28,16 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env()}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, log_to_driver=True)
     else:
         temp_dir = tempfile.mkdtemp(prefix="fea-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        with _startup_concurrency(_LOCAL_STARTUP_CONCURRENCY):
+        # No runtime_env here: the workers of a local Ray inherit the raylet's environment, set while it
+        # starts. A runtime_env would make every actor wait for a fresh worker set up by Ray's runtime-env
+        # agent (0.8-0.9 s each on 2 cores) instead of taking one of the workers Ray prestarts (0.15-0.45 s).
+        with _raylet_env(_local_raylet_env()):
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     _temp_dir=temp_dir, runtime_env=runtime_env, log_to_driver=False)
+                     _temp_dir=temp_dir, log_to_driver=False)
     return True
 
 
@@ -45,14 +47,23 @@ _LOCAL_STARTUP_CONCURRENCY = 4
 _STARTUP_ENV = "RAY_worker_maximum_startup_concurrency"
 
 
+def _local_raylet_env() -> dict[str, str]:
+    env = worker_env()
+    env.setdefault(_STARTUP_ENV, os.environ.get(_STARTUP_ENV)
+                   or str(max(_LOCAL_STARTUP_CONCURRENCY, os.cpu_count() or 1)))
+    return env
+
+
 @contextlib.contextmanager
-def _startup_concurrency(workers: int) -> Iterator[None]:
-    """Set the raylet's worker start-up concurrency (unless the user did) while a local Ray starts."""
-    previous = os.environ.get(_STARTUP_ENV)
-    if previous is None:
-        os.environ[_STARTUP_ENV] = str(max(workers, os.cpu_count() or 1))
+def _raylet_env(env: dict[str, str]) -> Iterator[None]:
+    """Set `env` while a local Ray starts (its raylet and workers inherit it), then restore the driver's."""
+    previous = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(_STARTUP_ENV, None)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -273,6 +273,8 @@ def _rules(forbidden_words: tuple[str, ...], hint_phrases: tuple[str, ...]) -> _
                   tuple(p.lower() for p in hint_phrases if p.strip()))
 
 
+
+
 def _forbidden_by_regex(lower: str, rules: _Rules) -> set[str]:
     found: set[str] = set()
     if rules.words_re is None:
@@ -435,7 +437,7 @@ def _scores(plan: _Plan, gold: _Gold, known: set[str], unknown: list[str], predi
     acc = (1.0 if predicted == gold.label else 0.0) if gold.has_label else plan.acc_without_label
     fmt = 1.0 if fmt_ok else 0.0
     total = plan.au_weight * au + plan.acc_weight * acc + plan.format_weight * fmt
-    return Scores(au, acc, fmt, max(-plan.clamp, min(plan.clamp, total)))
+    return _frozen(Scores, au=au, acc=acc, format=fmt, total=max(-plan.clamp, min(plan.clamp, total)))
 
 
 def _wording_reasons(think: str, lower: str, plan: _Plan) -> list[str]:
@@ -455,16 +457,20 @@ def _wording_reasons(think: str, lower: str, plan: _Plan) -> list[str]:
     return reasons
 
 
+def _frozen(cls, **fields):
+    """The cls(**fields) its __init__ would build, without the one object.__setattr__ call per field
+    that a frozen dataclass pays (Verdict and Scores together: about a tenth of a verification).
+    Right while cls is a plain frozen dataclass without __post_init__; a test checks."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
 def _verdict(sample_id: str, attempt: int, scores: Scores, accepted: bool, reasons: tuple[str, ...],
              predicted_aus: tuple[str, ...], predicted_label: str | None, policy: str) -> Verdict:
-    """The Verdict(...) its __init__ would build, without the one object.__setattr__ call per field
-    that a frozen dataclass pays (about a twentieth of a verification). Right while Verdict is a
-    plain frozen dataclass without __post_init__; a test checks."""
-    verdict = object.__new__(Verdict)
-    verdict.__dict__.update(sample_id=sample_id, attempt=attempt, scores=scores, accepted=accepted, reasons=reasons,
-                            predicted_aus=predicted_aus, predicted_label=predicted_label, policy=policy,
-                            verifier_version=VERIFIER_VERSION)
-    return verdict
+    return _frozen(Verdict, sample_id=sample_id, attempt=attempt, scores=scores, accepted=accepted, reasons=reasons,
+                   predicted_aus=predicted_aus, predicted_label=predicted_label, policy=policy,
+                   verifier_version=VERIFIER_VERSION)
 
 
 def _verify(completion: str, gold: _Gold, plan: _Plan, sample_id: str, attempt: int) -> Verdict:

@@ -240,12 +240,14 @@ def test_verdicts_built_on_the_fast_path_are_ordinary_verdicts():
     import dataclasses
     import pickle
 
-    from engine.verifier import _verdict
+    from engine.verifier import _frozen, _verdict
 
-    fields = ("s1", 2, Scores(1.0, 1.0, 1.0, 3.0), True, (), ("AU1", "AU4"), "sadness", "strict")
-    fast, plain = _verdict(*fields), Verdict(*fields, VERIFIER_VERSION)
+    fast_scores = _frozen(Scores, au=1.0, acc=1.0, format=1.0, total=3.0)
+    fields = ("s1", 2, fast_scores, True, (), ("AU1", "AU4"), "sadness", "strict")
+    fast, plain = _verdict(*fields), Verdict(*fields[:2], Scores(1.0, 1.0, 1.0, 3.0), *fields[3:], VERIFIER_VERSION)
     assert fast == plain and hash(fast) == hash(plain)
     assert pickle.loads(pickle.dumps(fast)) == plain
     assert dataclasses.asdict(fast) == dataclasses.asdict(plain)
-    # _verdict skips __init__, so it is only right while Verdict has no validation of its own
-    assert not hasattr(Verdict, "__post_init__")
+    # _frozen skips __init__, so it is only right while these classes have no validation of their own
+    assert not hasattr(Verdict, "__post_init__") and not hasattr(Scores, "__post_init__")
+
