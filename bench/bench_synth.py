@@ -149,7 +149,8 @@ def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) ->
             with torch.inference_mode():
                 out = llm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                    top_p=None, top_k=None, bad_words_ids=bad,
-                                   pad_token_id=processor.tokenizer.pad_token_id)
+                                   pad_token_id=processor.tokenizer.pad_token_id,
+                                   cache_implementation="static")  # as the engine's hf backend
             tokens += _count_until_eos(out[:, inputs["input_ids"].shape[1]:].tolist(), llm.generation_config)
         seconds = time.perf_counter() - t0
         return {"samples": len(requests), "generated_tokens": tokens, "seconds": seconds,

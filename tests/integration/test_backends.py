@@ -45,6 +45,31 @@ def test_hf_regroups_by_prompt_length_and_answers_in_request_order(tiny_model, m
     assert max(first) < min(retries)
 
 
+def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_model, mixed_requests):
+    """The backend's batching, left padding and preallocated KV cache change the cost, not the tokens:
+    each completion equals transformers generate on that prompt alone with its default cache."""
+    import torch
+
+    from engine.backends.base import decode_image
+
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
+    try:
+        results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=24))
+        processor, model = backend.processor, backend.model
+        for request, attempts in zip(mixed_requests, results):
+            text = processor.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
+            inputs = processor(text=[text], images=[decode_image(request.image)], return_tensors="pt")
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=24, do_sample=False, bad_words_ids=backend.bad_words_ids,
+                                     pad_token_id=processor.tokenizer.pad_token_id)
+            alone = out[0, inputs["input_ids"].shape[1]:].tolist()
+            stop = next((k + 1 for k, t in enumerate(alone) if t in backend.eos_ids), len(alone))
+            assert attempts[0].completion == processor.tokenizer.decode(alone[:stop], skip_special_tokens=True)
+            assert attempts[0].completion_tokens == stop
+    finally:
+        backend.close()
+
+
 @pytest.mark.vllm
 def test_vllm_serves_concurrent_batches_and_refuses_only_the_bad_prompt(tiny_model, mixed_requests):
     backend = backends.create("vllm", str(tiny_model), None,
