@@ -342,6 +342,7 @@ class RunStats:
     generated_tokens: int = 0
     processing_seconds: float = 0.0  # first request handed out .. last commit written
     commits: list[PartitionCommit] = field(default_factory=list)
+    generator_requests: list[int] = field(default_factory=list)  # requests handed to each generator actor
 
 
 def inflight_batches(cfg: SynthConfig) -> int:
@@ -381,7 +382,7 @@ class Scheduler:
         self.filter_turn = 0
         self.recovering: dict[tuple[str, int], Recovery] = {}
         self.probes: dict[Any, tuple[str, int]] = {}
-        self.stats = RunStats()
+        self.stats = RunStats(generator_requests=[0] * cfg.generators)
 
     # -- input
     def _admit(self, source: Prefetcher, block: bool) -> bool:
@@ -410,22 +411,28 @@ class Scheduler:
     # -- generation
     def _dispatch(self) -> None:
         filters = [f for f in range(len(self.pool.filters)) if ("filter", f) not in self.recovering]
-        for g, generator in enumerate(self.pool.generators):
-            if ("generator", g) in self.recovering or not filters:
-                continue
-            while self.pending and self.per_generator[g] < self.inflight_per_generator:
-                # a busy generator is topped up with full batches only; an idle one takes what there is
-                if len(self.pending) < self.batch_size and self.per_generator[g] > 0:
-                    break
-                requests = [self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))]
-                golds = [self._gold(r.sample_id) for r in requests]
-                generated = generator.generate.remote(requests, self.params)
-                self.filter_turn += 1
-                f = filters[self.filter_turn % len(filters)]
-                judged = self.pool.filters[f].verify.remote(generated, golds)  # no driver round trip
-                self.inflight[judged] = Batch(g, f, requests)
-                self.per_generator[g] += 1
-                self.counts.in_flight += len(requests)
+        generators = [g for g in range(len(self.pool.generators)) if ("generator", g) not in self.recovering]
+        while self.pending and filters and generators:
+            # the least loaded generator first, so a short queue is spread over all of them
+            g = min(generators, key=self.per_generator.__getitem__)
+            if self.per_generator[g] >= self.inflight_per_generator:
+                break
+            # a busy generator is topped up with full batches only; an idle one takes what there is
+            if len(self.pending) < self.batch_size and self.per_generator[g] > 0:
+                break
+            self._send_batch(g, filters)
+
+    def _send_batch(self, g: int, filters: list[int]) -> None:
+        requests = [self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))]
+        golds = [self._gold(r.sample_id) for r in requests]
+        generated = self.pool.generators[g].generate.remote(requests, self.params)
+        self.filter_turn += 1
+        f = filters[self.filter_turn % len(filters)]
+        judged = self.pool.filters[f].verify.remote(generated, golds)  # no driver round trip
+        self.inflight[judged] = Batch(g, f, requests)
+        self.per_generator[g] += 1
+        self.stats.generator_requests[g] += len(requests)
+        self.counts.in_flight += len(requests)
 
     def _gold(self, sample_id: str) -> Gold:
         from engine.facs import label_set_for
@@ -646,7 +653,8 @@ def _summary(cfg: SynthConfig, job_id: str, stats: RunStats, *, wall: float, sta
         "run": {"samples": stats.samples, "partitions": stats.partitions, "generated_tokens": stats.generated_tokens,
                 "startup_seconds": round(startup, 3), "steady_seconds": round(steady, 3),
                 "steady_samples_per_second": rate(stats.samples, steady),
-                "steady_generated_tokens_per_second": rate(stats.generated_tokens, steady)},
+                "steady_generated_tokens_per_second": rate(stats.generated_tokens, steady),
+                "generator_requests": stats.generator_requests},
     })
     return summary
 

@@ -148,6 +148,22 @@ def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys):
     assert again == summary
 
 
+def test_a_short_queue_is_spread_over_all_generators(ray_local, faces, tmp_path):
+    """Two batches and two generators: each generator gets one, not one generator both (which its
+    in-flight limit would allow)."""
+    records = face_records(faces, 8)
+    replay = write_replay(tmp_path / "replay.jsonl", {r["id"]: [r["description"]] for r in records})
+    cfg = synth_config(input=str(subset_jsonl(faces, tmp_path / "in", 8)), image_root=str(faces),
+                       out=str(tmp_path / "out"), partition_size=8, generators=2, generator_num_cpus=0.5,
+                       inflight_batches_per_generator=2,
+                       generation={"backend": "replay", "replay_path": str(replay), "batch_size": 4})
+
+    summary = run_synth(cfg)
+
+    assert summary["accepted"] == 8
+    assert summary["run"]["generator_requests"] == [4, 4]
+
+
 def _check_loaders(out: str, expected: list[str]) -> None:
     """Accepted shards load with webdataset, polars and datasets, from disk and from S3."""
     import datasets
