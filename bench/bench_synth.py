@@ -89,10 +89,12 @@ def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]
             rows.append({"part": "throughput", "side": "baseline (batch 1)", "backend": "hf", "round": round_, **base})
             cfg = synth_config(faces_cand, model, common.fresh_dir(f"synth-{backend}"), backend=backend,
                                policy=args.policy, max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
-                               generator_num_cpus=args.threads, batch_size=args.batch_size)
+                               generators=args.generators, generator_num_cpus=args.threads,
+                               batch_size=args.batch_size)
             cand = run_engine(cfg)
             cand_runs.append(cand)
-            rows.append({"part": "throughput", "side": "fea synth", "backend": backend, "round": round_, **cand})
+            rows.append({"part": "throughput", "side": f"fea synth, {args.generators} generator(s)", "backend": backend,
+                         "round": round_, **cand})
             common.print_table(f"throughput {backend} round {round_}", rows[-2:])
         for metric, key in (("samples/s", "samples_per_s"), ("generated tokens/s", "tokens_per_s")):
             cand = common.median([r[key] for r in cand_runs])
@@ -109,7 +111,8 @@ def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]
              "(actors reserve that many Ray CPUs). On this shared 2-core machine 2 OpenMP threads made batched "
              "generate 4-5x slower than 1 thread (0.5-0.6 s vs 2.3-3.9 s per batch of 8 at load 4), so both "
              "sides get the same single thread.",
-             f"fea synth: 1 generator actor, batch_size {args.batch_size}, partition_size 16; rates exclude actor start-up and "
+             f"fea synth: {args.generators} generator actor(s) of {args.threads} CPU(s) each (the baseline has one "
+             f"process), batch_size {args.batch_size}, partition_size 16; rates exclude actor start-up and "
              "model load (reported as startup_s); the baseline's exclude its model load.",
              "The random tiny model is almost never accepted, so nearly every sample uses all attempts on both "
              "sides (see accepted/attempts columns): equal work per sample."]
@@ -187,6 +190,9 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
                             logit_bias={t: -100.0 for t in blocked_token_ids(processor)})
 
     def once() -> dict[str, Any]:
+        # Every call runs the same prompts: without this, all but the first would find their prefill in
+        # vLLM's prefix cache, which no engine run (a new generator actor each time) has.
+        llm.reset_prefix_cache()
         t0 = time.perf_counter()
         prompts = [{"prompt": processor.apply_chat_template(list(r.messages), add_generation_prompt=True,
                                                             tokenize=False),
@@ -200,6 +206,9 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
 
     once.llm = llm  # kept alive by the caller while the engine runs (idle)
     return once
+
+
+EFFICIENCY_PARTITION_SIZE = 64  # SynthConfig's default
 
 
 def part_efficiency(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
@@ -217,7 +226,7 @@ def part_efficiency(args, model: str) -> tuple[list[dict], list[dict], list[str]
             rows.append({"part": "efficiency", "side": f"bare {backend}", "backend": backend, "round": round_, **b})
             cfg = synth_config(faces, model, common.fresh_dir(f"eff-{backend}"), backend=backend, policy=args.policy,
                                max_new_tokens=args.max_new_tokens, max_retries=0, batch_size=args.batch_size,
-                               generator_num_cpus=args.threads)
+                               generator_num_cpus=args.threads, partition_size=EFFICIENCY_PARTITION_SIZE)
             e = run_engine(cfg)
             eng_runs.append(e)
             rows.append({"part": "efficiency", "side": "fea synth, retries off", "backend": backend,
@@ -232,8 +241,10 @@ def part_efficiency(args, model: str) -> tuple[list[dict], list[dict], list[str]
                  f"max_new_tokens {args.max_new_tokens}. Bare hf: transformers generate in batches of "
                  f"{args.batch_size}, fp32, {args.threads} torch thread(s), timed from image bytes to token ids. Bare vllm: one "
                  f"LLM.generate over all prompts, vLLM defaults otherwise ({BARE_VLLM_KWARGS}). Engine: run_synth "
-                 f"with max_retries 0, 1 generator actor with {args.threads} CPU(s), batch_size {args.batch_size}; steady rate "
-                 f"(start-up excluded). A warm-up call of the bare backend is not counted.")
+                 f"with max_retries 0, 1 generator actor with {args.threads} CPU(s), batch_size {args.batch_size}, "
+                 f"partition_size {EFFICIENCY_PARTITION_SIZE}; steady rate (start-up excluded). A warm-up call of the bare "
+                 "backend is not counted, and vLLM's prefix cache is emptied before each bare call (the engine starts "
+                 "a new generator, with an empty cache, for every run).")
     return rows, ratios, notes
 
 
@@ -304,10 +315,11 @@ def main() -> None:
     parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     parser.add_argument("--samples", type=int, default=32, help="fea synth input samples (throughput, scaling)")
     parser.add_argument("--baseline-samples", type=int, default=4, help="samples the sequential baseline runs")
-    parser.add_argument("--efficiency-samples", type=int, default=64)
+    parser.add_argument("--efficiency-samples", type=int, default=1024)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--max-retries", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--generators", type=int, default=1, help="generator actors in the throughput part")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the baseline/bare process = CPUs per generator actor")
     parser.add_argument("--policy", choices=["strict", "paper"], default="strict")
