@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from engine import facs, shards, storage
+from engine.png import png_complete
 from engine.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,14 @@ def reason_code(reason: str) -> str:
 
 # ---------------------------------------------------------------- images
 def check_image(data: bytes) -> None:
-    """Raise InvalidRecord('image_undecodable: ...') unless `data` is a complete, decodable image."""
+    """Raise InvalidRecord('image_undecodable: ...') unless `data` is a complete, decodable image.
+
+    Common PNGs are checked without decoding their pixels (`engine.png`); anything else is decoded."""
+    complete = png_complete(data)
+    if complete is not None:
+        if not complete:
+            raise InvalidRecord("image_undecodable: PNG cut short or damaged (chunk, checksum or image data)")
+        return
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()  # structure and checksums
