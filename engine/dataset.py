@@ -131,8 +131,9 @@ class RecordValidator:
 
     source: str
     seen_ids: set[str] = field(default_factory=set)
-    # False for images whose bytes were fully decoded when they were first stored (their sha256 is
-    # checked instead): only the header is checked again. Decoding is most of a record's cost.
+    # False for images whose bytes were fully checked (`check_image`) when they were first stored
+    # (their sha256 is checked instead): only the header is checked again. The full check is most of
+    # a record's cost.
     decode_images: bool = True
 
     def quarantine(self, line: int, reason: str, raw: str, sample_id: str | None = None) -> QuarantineRecord:
@@ -250,7 +251,7 @@ def _iter_sample_rows(part_uris: list[str], decode_images: bool = True) -> Itera
     """Stored sample rows, re-checked with the same rules (a damaged shard yields quarantine, not garbage).
 
     `decode_images=False` is for shards this engine wrote from validated samples (a canonical
-    dataset, committed synthesis output): every image was decoded when it was stored, so matching
+    dataset, committed synthesis output): every image was fully checked when it was stored, so matching
     its stored sha256 and reading its header is enough."""
     seen_ids: set[str] = set()  # one id space over every part: a repeat in a later part is a duplicate too
     for part in part_uris:
