@@ -45,6 +45,18 @@ def test_hf_regroups_by_prompt_length_and_answers_in_request_order(tiny_model, m
     assert max(first) < min(retries)
 
 
+def test_hf_samples_n_completions_per_request(tiny_model, mixed_requests):
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=4))
+    try:
+        results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=12, temperature=1.0, n=2, seed=3))
+    finally:
+        backend.close()
+    assert_one_result_per_request(mixed_requests, results, n=2)
+    assert all(0 < a.completion_tokens <= 12 for attempts in results for a in attempts)
+    # sampled, not copied: the two completions of a request differ somewhere
+    assert any(first.completion != second.completion for first, second in results)
+
+
 def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_model, mixed_requests):
     """The backend's batching, left padding and preallocated KV cache change the cost, not the tokens:
     each completion equals transformers generate on that prompt alone with its default cache."""
