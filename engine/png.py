@@ -4,9 +4,10 @@ Checking that an input image is complete used to mean decoding it with PIL: abou
 112x112 face, most of an input record's cost when a job reads FEA-20K JSONL. For the PNGs that
 faces come as (8-bit grey, grey+alpha, RGB, RGBA; not interlaced) this reads the chunks, checks
 every CRC, inflates the image data and checks that it holds exactly the rows the header promises,
-each starting with a valid filter type: every way a file can be cut short or damaged that PIL's
-decoder would refuse, at a fraction of the cost. Anything else (other formats, palettes, 16-bit,
-interlaced) is left to PIL (`None`).
+each starting with a valid filter type. That refuses every cut or damaged file PIL's decoder refuses
+(tests/unit/test_png.py checks this against PIL), and also image data a row short, which PIL decodes
+with the row black, at a fraction of the cost. Anything else (other formats, palettes, 16-bit,
+interlaced, huge) is left to PIL (`None`).
 """
 from __future__ import annotations
 

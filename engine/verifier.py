@@ -273,8 +273,6 @@ def _rules(forbidden_words: tuple[str, ...], hint_phrases: tuple[str, ...]) -> _
                   tuple(p.lower() for p in hint_phrases if p.strip()))
 
 
-
-
 def _forbidden_by_regex(lower: str, rules: _Rules) -> set[str]:
     found: set[str] = set()
     if rules.words_re is None:
