@@ -177,3 +177,59 @@ def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-4000:]
     assert {p: p.stat().st_mtime_ns for p in run.rglob("step.json")} == before
+
+
+# ---------------------------------------------------------------- a run folder on object storage
+@pytest.mark.s3
+def test_loop_keeps_its_run_folder_on_s3_and_resumes_there(s3, tiny_model, tmp_path):
+    """`out` on the S3 server: step records, shards, models and the report land there, with no
+    credential in any of them; a rerun with --resume finds every step done and rewrites nothing."""
+    import uuid
+
+    from engine import storage
+    from engine.dataset import iter_samples
+    from engine.faces import write_face_set
+    from engine.loop import _split_demo_faces
+
+    faces = tmp_path / "faces"
+    write_face_set(faces, n=24, seed=0)
+    splits = _split_demo_faces(faces, 6)
+    pool, test = jsonl(Path(splits["pool"])), jsonl(Path(splits["test"]))
+    loop = json.loads(json.dumps(MINI_LOOP))
+    loop["synth"]["generation"]["replay_path"] = str(write_replay_store(faces, pool, max_retries=1))
+    out = f"s3://fea-test/loop-{uuid.uuid4().hex[:10]}"
+    loop.update(out=out, work_dir=str(tmp_path / "work"), base_model={"path": str(tiny_model)},
+                seed_data=[splits["seed"]], pool=splits["pool"], test=splits["test"])
+    config = tmp_path / "loop.yaml"
+    config.write_text(yaml.safe_dump({"loop": loop}))
+
+    result = subprocess.run([*FEA, "loop", "--config", str(config)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    def record(index: int, step: str) -> dict:
+        return json.loads(storage.read_text(f"{out}/round-{index:02d}/{step}/step.json"))
+
+    seen: list[str] = []
+    for index in range(2):
+        synth = record(index, "synth")
+        assert synth["out"].startswith(out) and synth["summary"]["inputs"] == len(pool) - len(seen)
+        seen += [s.id for s in iter_samples(synth["out"])]
+        assert record(index, "retrain")["train"]["data"]["rows"] == 6 + len(seen)
+        assert record(index, "eval")["metrics"]["n"] == len(test)
+        assert storage.exists(f"{record(index, 'retrain')['model']}/config.json")
+    assert sorted(seen) == sorted(r["id"] for position, r in enumerate(pool) if position % 2 == 0)
+    assert storage.exists(f"{out}/report.md")
+    written = storage.list_files(out, recursive=True)
+    secrets = [s3.env()["AWS_SECRET_ACCESS_KEY"], s3.env()["AWS_ACCESS_KEY_ID"]]
+    for uri in written:
+        if uri.endswith((".json", ".yaml", ".md", ".jsonl")):
+            text = storage.read_text(uri)
+            assert not any(secret in text for secret in secrets), uri
+    assert not any(secret in result.stdout + result.stderr for secret in secrets)
+
+    steps = {uri: storage.read_bytes(uri) for uri in written if uri.endswith("step.json")}
+    again = subprocess.run([*FEA, "loop", "--config", str(config), "--resume"], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert {uri: storage.read_bytes(uri) for uri in steps} == steps
+    assert sorted(u for u in storage.list_files(out, recursive=True) if u.endswith("step.json")) == sorted(steps)
