@@ -36,7 +36,7 @@ tests/unit/test_verifier_reference.py checks the fast path against a plain regex
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set as AbstractSet
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -189,10 +189,13 @@ def parse_completion(text: str) -> Parsed:
 # ---------------------------------------------------------------- rewards
 def r_au(pred_aus: Iterable[str], gold_aus: Iterable[str]) -> float:
     """2*F1 - 1 over AU id sets; 0 without gold AUs; -1 when gold exists and nothing is predicted."""
-    gold = set(gold_aus)
+    return _au_reward(set(pred_aus), set(gold_aus))
+
+
+def _au_reward(pred: AbstractSet[str], gold: AbstractSet[str]) -> float:
+    """r_au for ids already in sets (the fast path keeps the gold set prepared)."""
     if not gold:
         return 0.0
-    pred = set(pred_aus)
     if not pred:
         return -1.0
     # F1 = 2PR/(P+R) = 2*TP/(|pred|+|gold|)
@@ -424,13 +427,7 @@ def _answer_label(answer: str | None, gold: _Gold) -> str | None:
 def _scores(plan: _Plan, gold: _Gold, known: set[str], unknown: list[str], predicted: str | None,
             fmt_ok: bool) -> Scores:
     # r_au, with hallucinated ids as false positives (as in the raw regex)
-    pred = known.union(unknown) if unknown else known
-    if not gold.aus:
-        au = 0.0
-    elif not pred:
-        au = -1.0
-    else:
-        au = 4.0 * len(pred & gold.aus) / (len(pred) + len(gold.aus)) - 1.0
+    au = _au_reward(known.union(unknown) if unknown else known, gold.aus)
     # r_acc: an answer outside the label set normalises to None, which never equals the gold label
     acc = (1.0 if predicted == gold.label else 0.0) if gold.has_label else plan.acc_without_label
     fmt = 1.0 if fmt_ok else 0.0
@@ -442,9 +439,7 @@ def _wording_reasons(think: str, lower: str, plan: _Plan) -> list[str]:
     """Forbidden words, hint echo and length: everything strict checks in the think text's wording."""
     rules = plan.rules
     spaced = _spaced(lower) if lower.isascii() else None
-    found = (_forbidden_ascii(lower, spaced, rules) if spaced is not None and rules.spaced_re is not None
-             else _forbidden_found(lower, None, rules))
-    reasons = [f"forbidden_word:{w}" for w in found]
+    reasons = [f"forbidden_word:{w}" for w in _forbidden_found(lower, spaced, rules)]
     reasons += [f"hint_echo:{p}" for p in rules.hint_phrases if p in lower]
     # split(None, k) stops after k splits, so only the bound that matters is counted.
     minimum = plan.min_think_words
@@ -491,7 +486,7 @@ def _verify(completion: str, gold: _Gold, plan: _Plan, sample_id: str, attempt: 
         reasons.append(f"label_mismatch:{predicted or _shown(answer)}!={expected}")
     reasons += _wording_reasons(think or "", lower, plan)
     return _verdict(sample_id, attempt, scores, not reasons, tuple(reasons),
-                    tuple(sorted(known, key=_AU_ORDER.__getitem__)), predicted, "strict")
+                    _sorted(known), predicted, "strict")
 
 
 def _paper_verdict(completion: str, answer: str | None, has_think: bool, fmt_ok: bool, gold: _Gold,
