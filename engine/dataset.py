@@ -134,7 +134,7 @@ class RecordValidator:
     # False for images whose bytes were fully checked (`check_image`) when they were first stored
     # (their sha256 is checked instead): only the header is checked again. The full check is most of
     # a record's cost.
-    decode_images: bool = True
+    full_image_check: bool = True
 
     def quarantine(self, line: int, reason: str, raw: str, sample_id: str | None = None) -> QuarantineRecord:
         return QuarantineRecord(source=storage.redact(self.source), line=line, sample_id=sample_id,
@@ -174,7 +174,7 @@ class RecordValidator:
         digest = sha256_hex(image)
         if expected_sha256 is not None and digest != expected_sha256:
             raise InvalidRecord("image_sha256_mismatch")
-        if self.decode_images or expected_sha256 is None:
+        if self.full_image_check or expected_sha256 is None:
             check_image(image)
         else:
             check_image_header(image)
@@ -247,15 +247,15 @@ def iter_jsonl(uri: str, image_root: str | None = None) -> Iterator[Sample | Qua
         yield validator.from_json_line(text, number, load_image)
 
 
-def _iter_sample_rows(part_uris: list[str], decode_images: bool = True) -> Iterator[Sample | QuarantineRecord]:
+def _iter_sample_rows(part_uris: list[str], full_image_check: bool = True) -> Iterator[Sample | QuarantineRecord]:
     """Stored sample rows, re-checked with the same rules (a damaged shard yields quarantine, not garbage).
 
-    `decode_images=False` is for shards this engine wrote from validated samples (a canonical
+    `full_image_check=False` is for shards this engine wrote from validated samples (a canonical
     dataset, committed synthesis output): every image was fully checked when it was stored, so matching
     its stored sha256 and reading its header is enough."""
     seen_ids: set[str] = set()  # one id space over every part: a repeat in a later part is a duplicate too
     for part in part_uris:
-        validator = RecordValidator(source=part, seen_ids=seen_ids, decode_images=decode_images)
+        validator = RecordValidator(source=part, seen_ids=seen_ids, full_image_check=full_image_check)
         for index, row in enumerate(shards.iter_parquet_rows(part)):
             try:
                 record = shards.fea20k_record(row)
@@ -314,8 +314,8 @@ def load_input(uri: str, image_root: str | None = None) -> Iterator[Sample | Qua
     if kind == "parquet":
         return _iter_sample_rows([uri])
     if kind == "synthesis":
-        return _iter_sample_rows(shards.committed_shard_uris(uri, "accepted", "parquet"), decode_images=False)
-    return _iter_sample_rows(canonical_parts(uri), decode_images=False)
+        return _iter_sample_rows(shards.committed_shard_uris(uri, "accepted", "parquet"), full_image_check=False)
+    return _iter_sample_rows(canonical_parts(uri), full_image_check=False)
 
 
 def iter_samples(uri: str, image_root: str | None = None) -> Iterator[Sample]:

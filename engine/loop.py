@@ -81,7 +81,7 @@ class Run:
 
 
 # ---------------------------------------------------------------- the steps
-def _publish_model(run: Run, local_out: Path, uri: str) -> str:
+def _publish_model(local_out: Path, uri: str) -> str:
     """The merged model's location in the run folder (uploaded when the run folder is on S3)."""
     merged = local_out / "merged"
     if not storage.is_s3(uri):
@@ -108,7 +108,7 @@ def _train(run: Run, index: int, step: str, section: SFTSection | GRPOSection, d
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))  # the step's resolved config
     train = run_grpo if isinstance(section, GRPOSection) else run_sft
     summary = train(cfg, resume=True)  # resume: a step killed mid-training continues from its checkpoint
-    return {"model": _publish_model(run, local, uri), "train": summary}
+    return {"model": _publish_model(local, uri), "train": summary}
 
 
 def _accepted_ids(run: Run, before: int) -> set[str]:
