@@ -22,18 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def s3():
     from tests.support.seaweed import seaweed_s3
 
-    with seaweed_s3() as server:
-        saved = {k: os.environ.get(k) for k in server.env()}
-        os.environ.update(server.env())
+    with seaweed_s3() as server, pytest.MonkeyPatch.context() as env:
+        for key, value in server.env().items():
+            env.setenv(key, value)
         server.make_bucket("fea-test")
-        try:
-            yield server
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        yield server
 
 
 @pytest.fixture(scope="session")
