@@ -53,6 +53,9 @@ class GenerationConfig(Section):
     n: int = Field(1, ge=1, description="Completions per attempt; the first accepted one wins.")
     seed: int = Field(0, description="Sampling seed.")
     batch_size: int = Field(16, ge=1, description="Requests per generate call (hf) / per actor call (vllm).")
+    kv_reuse_mb: int = Field(1024, ge=0, description="hf: MiB of KV cache kept per generator so that a retry "
+                                                     "prefills only its new turn (least recently used dropped "
+                                                     "first; 0 = off).")
     max_num_seqs: int = Field(256, ge=1, description="vLLM: sequences in its running batch at most, shared by "
                                                      "the batches in flight on one generator.")
     max_model_len: int = Field(2048, ge=256, description="vLLM context length.")

@@ -327,6 +327,45 @@ class Batch:
     requests: list[GenerationRequest]
 
 
+class RequestQueue:
+    """Requests waiting for a generator. A retry waits for the generator that ran its sample's previous
+    attempt, which still holds that attempt's KV (the hf backend's prefix cache, vLLM's prefix
+    caching), so the retry prefills only its new turn there. Retries go before new samples so samples
+    finish and partitions commit early. An idle generator with nothing of its own takes another
+    generator's retries rather than wait."""
+
+    def __init__(self, generators: int) -> None:
+        self.shared: deque[GenerationRequest] = deque()
+        self.retries: list[deque[GenerationRequest]] = [deque() for _ in range(generators)]
+
+    def __len__(self) -> int:
+        return len(self.shared) + sum(map(len, self.retries))
+
+    def add(self, request: GenerationRequest) -> None:
+        self.shared.append(request)
+
+    def add_retry(self, request: GenerationRequest, generator: int) -> None:
+        self.retries[generator].append(request)
+
+    def put_back(self, request: GenerationRequest) -> None:
+        """At the front, for any generator: a request whose generator was lost."""
+        self.shared.appendleft(request)
+
+    def ready_for(self, generator: int) -> int:
+        return len(self.retries[generator]) + len(self.shared)
+
+    def take(self, generator: int, count: int) -> list[GenerationRequest]:
+        """Up to `count` requests for `generator`: its retries, then shared ones, then, if it got
+        none of its own, another generator's retries (the longest queue first)."""
+        own = self.retries[generator]
+        taken = [own.popleft() for _ in range(min(count, len(own)))]
+        taken += [self.shared.popleft() for _ in range(min(count - len(taken), len(self.shared)))]
+        if not taken:
+            other = max(self.retries, key=len)
+            taken = [other.popleft() for _ in range(min(count, len(other)))]
+        return taken
+
+
 @dataclass
 class Recovery:
     """An actor that failed a call: it gets no work until a readiness probe answers."""
@@ -372,7 +411,7 @@ class Scheduler:
         capacity = cfg.generators * self.inflight_per_generator * gen.batch_size
         self.low_water = 2 * capacity  # admit more input while fewer requests than this wait
         self.max_open = max(4, 2 * -(-capacity // cfg.partition_size) + 2)
-        self.pending: deque[GenerationRequest] = deque()
+        self.pending = RequestQueue(cfg.generators)
         self.open: dict[int, OpenPartition] = {}
         self.sample_partition: dict[str, int] = {}
         self.inflight: dict[Any, Batch] = {}  # filter result ref -> batch
@@ -403,7 +442,7 @@ class Scheduler:
             self.counts.quarantined += len(partition.quarantined)
             for sample in samples:
                 self.sample_partition[sample.id] = partition.index
-                self.pending.append(make_request(sample, 0, hint=self.cfg.hint, style=self.cfg.prompt_style))
+                self.pending.add(make_request(sample, 0, hint=self.cfg.hint, style=self.cfg.prompt_style))
             if not samples:
                 self._finish_partition(partition.index)
         return True
@@ -414,16 +453,19 @@ class Scheduler:
         generators = [g for g in range(len(self.pool.generators)) if ("generator", g) not in self.recovering]
         while self.pending and filters and generators:
             # the least loaded generator first, so a short queue is spread over all of them
-            g = min(generators, key=self.per_generator.__getitem__)
-            if self.per_generator[g] >= self.inflight_per_generator:
-                break
-            # a busy generator is topped up with full batches only; an idle one takes what there is
-            if len(self.pending) < self.batch_size and self.per_generator[g] > 0:
+            g = next((g for g in sorted(generators, key=self.per_generator.__getitem__) if self._can_take(g)), None)
+            if g is None:
                 break
             self._send_batch(g, filters)
 
+    def _can_take(self, g: int) -> bool:
+        """A busy generator is topped up with full batches only; an idle one takes what there is."""
+        if self.per_generator[g] >= self.inflight_per_generator:
+            return False
+        return self.per_generator[g] == 0 or self.pending.ready_for(g) >= self.batch_size
+
     def _send_batch(self, g: int, filters: list[int]) -> None:
-        requests = [self.pending.popleft() for _ in range(min(self.batch_size, len(self.pending)))]
+        requests = self.pending.take(g, self.batch_size)
         golds = [self._gold(r.sample_id) for r in requests]
         generated = self.pool.generators[g].generate.remote(requests, self.params)
         self.filter_turn += 1
@@ -465,7 +507,7 @@ class Scheduler:
             else:
                 retry = make_request(outcome.sample, len(outcome.attempts), hint=self.cfg.hint,
                                      history=outcome.history(), style=self.cfg.prompt_style)
-                self.pending.appendleft(retry)
+                self.pending.add_retry(retry, batch.generator)
 
     def _requeue(self, batch: Batch, err: BaseException) -> None:
         log.warning("generator %d lost %d in-flight requests (%s); re-queued while it restarts",
@@ -480,7 +522,7 @@ class Scheduler:
                 raise RuntimeError(f"request {request.key} lost {count} times to dying generators; giving up "
                                    f"(rerun the same command to resume from the last commit)") from err
             self.requeues[request.key] = count
-            self.pending.appendleft(request)
+            self.pending.put_back(request)
 
     def _finish_sample(self, outcome: Outcome) -> None:
         if outcome.accepted is not None:

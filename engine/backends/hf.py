@@ -1,20 +1,24 @@
-"""transformers generate, batched: the CPU default backend.
+"""transformers, batched: the CPU default backend.
 
-Left padding so every row's generation starts right after its prompt, with each call's requests
-grouped into batches of similar prompt length (`length_groups`); greedy when temperature is 0
-(the paper's synthesis); n > 1 completions per request through num_return_sequences with sampling.
+Each call's requests are grouped into batches of similar prompt length (`length_groups`); in a batch
+every prompt is prefilled alone and the rows are decoded together (`hf_decode`). The KV of each
+sample's last attempt is kept, so a retry, whose prompt repeats that attempt, prefills only its new
+turn. Greedy when temperature is 0 (the paper's synthesis); n > 1 completions per request are
+sampled. The decoding follows Qwen2.5-VL's multimodal positions (M-RoPE), as the engine's models do.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 
+from engine.backends import hf_decode
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
 from engine.types import Attempt, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
 # Largest share of a batch's prompt tokens that may be left padding before a longer prompt goes to
-# the next batch: on CPU prefill dominates and a padded position costs as much as a real one.
+# the next batch: each decode step reads the padded cache of every row.
 MAX_PADDING = 0.2
 
 
@@ -30,6 +34,9 @@ class HFBackend:
         self.bad_words_ids: list[list[int]] = []
         self.eos_ids: set[int] = set()
         self.device = "cpu"
+        self.prefix_cache = hf_decode.PrefixCache(0)
+        self.prompt_tokens = 0  # prompt tokens seen / of those served from the prefix cache (for logs, benches)
+        self.reused_tokens = 0
 
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         import torch
@@ -44,7 +51,9 @@ class HFBackend:
             dtype = "bfloat16" if self.device == "cuda" else "float32"
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.processor.tokenizer.padding_side = "left"
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+        hf_decode.register_attention()
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype),
+                                                            attn_implementation=hf_decode.ATTENTION)
         if adapter:
             from peft import PeftModel
 
@@ -55,6 +64,7 @@ class HFBackend:
         self.bad_words_ids = [[t] for t in blocked_token_ids(tokenizer)]
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.batch_size = gen_cfg.batch_size
+        self.prefix_cache = hf_decode.PrefixCache(gen_cfg.kv_reuse_mb << 20)
         self.model_id = model_fingerprint(model_dir, adapter)
         log.info("hf backend: %s on %s (%s)", self.model_id, self.device, dtype)
 
@@ -75,47 +85,50 @@ class HFBackend:
                         params: SamplingParams) -> list[list[Attempt]]:
         import torch
 
-        images, usable = [], []
+        rows, usable, keys = [], [], []
         out: list[list[Attempt] | None] = [None] * len(requests)
-        for i, req in enumerate(requests):
-            try:
-                images.append(decode_image(req.image))
+        with torch.inference_mode():
+            for i, (req, text) in enumerate(zip(requests, texts)):
+                try:
+                    image = decode_image(req.image)
+                except Exception as err:  # noqa: BLE001 - reported on the attempt, the batch goes on
+                    out[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
+                    continue
+                keys.append(hashlib.sha256(req.image).hexdigest())
+                rows.append(self._prefill(text, image, keys[-1]))
                 usable.append(i)
-            except Exception as err:  # noqa: BLE001 - reported on the attempt, the batch goes on
-                out[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
-        if usable:
-            texts = [texts[i] for i in usable]
-            inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True).to(self.device)
-            sampling = params.temperature > 0
-            if sampling:
-                torch.manual_seed(params.seed)
-            with torch.inference_mode():
-                sequences = self.model.generate(
-                    **inputs, max_new_tokens=params.max_new_tokens, do_sample=sampling,
-                    temperature=params.temperature if sampling else None, top_p=params.top_p if sampling else None,
-                    top_k=0 if sampling else None, num_return_sequences=params.n, bad_words_ids=self.bad_words_ids or None,
-                    pad_token_id=self.processor.tokenizer.pad_token_id,
-                    # a preallocated KV cache: the default one is concatenated (copied whole) at every
-                    # step, which at batch 16 was a fifth of decode time on CPU; same tokens either way
-                    cache_implementation="static")
-            prompt_len = inputs["input_ids"].shape[1]
-            prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-            generated = sequences[:, prompt_len:].tolist()
-            for row, i in enumerate(usable):
-                out[i] = [self._attempt(requests[i], generated[row * params.n + k], prompt_tokens[row])
-                          for k in range(params.n)]
+            if rows:
+                completions, sequences = hf_decode.decode(
+                    self.model, rows, max_new_tokens=params.max_new_tokens, n=params.n,
+                    temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                    blocked_ids=[ids[0] for ids in self.bad_words_ids], eos_ids=self.eos_ids,
+                    pad_id=self.processor.tokenizer.pad_token_id)
+                for key, sequence in zip(keys, sequences):
+                    self.prefix_cache.store(key, sequence)
+                for r, i in enumerate(usable):
+                    out[i] = [self._attempt(requests[i], completions[r * params.n + k], len(rows[r].token_ids))
+                              for k in range(params.n)]
         return [attempts for attempts in out if attempts is not None]
 
-    def _attempt(self, req: GenerationRequest, tokens: list[int], prompt_tokens: int) -> Attempt:
-        # generate pads finished rows with pad (often == eos): keep tokens up to and including the first eos
-        stop_at = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
-        kept = tokens if stop_at is None else tokens[:stop_at + 1]
-        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True)
+    def _prefill(self, text: str, image, image_key: str) -> hf_decode.Prefilled:
+        inputs = self.processor(text=[text], images=[image], return_tensors="pt").to(self.device)
+        cached, reused = self.prefix_cache.lookup(image_key, inputs["input_ids"][0].tolist())
+        row = hf_decode.prefill(self.model, inputs, cached, reused)
+        self.prompt_tokens += len(row.token_ids)
+        self.reused_tokens += reused
+        return row
+
+    def _attempt(self, req: GenerationRequest, decoded: hf_decode.Decoded, prompt_tokens: int) -> Attempt:
+        text = self.processor.tokenizer.decode(decoded.token_ids, skip_special_tokens=True)
         return Attempt(sample_id=req.sample_id, attempt=req.attempt, backend=self.name, model_id=self.model_id,
-                       prompt_hash=req.prompt_hash, completion=text, prompt_tokens=int(prompt_tokens),
-                       completion_tokens=len(kept), finish_reason="length" if stop_at is None else "stop")
+                       prompt_hash=req.prompt_hash, completion=text, prompt_tokens=prompt_tokens,
+                       completion_tokens=len(decoded.token_ids), finish_reason="stop" if decoded.stopped else "length")
 
     def close(self) -> None:
+        if self.prompt_tokens:
+            log.info("hf backend: %d of %d prompt tokens served from the prefix cache",
+                     self.reused_tokens, self.prompt_tokens)
+        self.prefix_cache.clear()
         self.model = None
         self.processor = None
 

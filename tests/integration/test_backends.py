@@ -57,27 +57,77 @@ def test_hf_samples_n_completions_per_request(tiny_model, mixed_requests):
     assert any(first.completion != second.completion for first, second in results)
 
 
-def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_model, mixed_requests):
-    """The backend's batching, left padding and preallocated KV cache change the cost, not the tokens:
-    each completion equals transformers generate on that prompt alone with its default cache."""
+@pytest.fixture(scope="module")
+def plain_generate(tiny_model):
+    """transformers generate on one prompt at a time, stock attention and default cache: the reference
+    the hf backend's own prefill/decode must reproduce token for token."""
     import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from engine.backends.base import decode_image
 
+    processor = AutoProcessor.from_pretrained(tiny_model)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32).eval()
+
+    def generate(request, max_new_tokens, bad_words_ids, eos_ids):
+        text = processor.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[text], images=[decode_image(request.image)], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 bad_words_ids=bad_words_ids, pad_token_id=processor.tokenizer.pad_token_id)
+        alone = out[0, inputs["input_ids"].shape[1]:].tolist()
+        stop = next((k + 1 for k, t in enumerate(alone) if t in eos_ids), len(alone))
+        return processor.tokenizer.decode(alone[:stop], skip_special_tokens=True), stop
+
+    return generate
+
+
+def assert_equal_to_plain_generate(backend, requests, results, plain_generate, max_new_tokens):
+    for request, attempts in zip(requests, results):
+        text, tokens = plain_generate(request, max_new_tokens, backend.bad_words_ids, backend.eos_ids)
+        assert (attempts[0].completion, attempts[0].completion_tokens) == (text, tokens), request.key
+
+
+def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_model, mixed_requests, plain_generate):
+    """Batching, per-prompt prefill, batched decoding and the grouped-query decode attention change
+    the cost, not the tokens."""
     backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
     try:
         results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=24))
-        processor, model = backend.processor, backend.model
-        for request, attempts in zip(mixed_requests, results):
-            text = processor.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
-            inputs = processor(text=[text], images=[decode_image(request.image)], return_tensors="pt")
-            with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=24, do_sample=False, bad_words_ids=backend.bad_words_ids,
-                                     pad_token_id=processor.tokenizer.pad_token_id)
-            alone = out[0, inputs["input_ids"].shape[1]:].tolist()
-            stop = next((k + 1 for k, t in enumerate(alone) if t in backend.eos_ids), len(alone))
-            assert attempts[0].completion == processor.tokenizer.decode(alone[:stop], skip_special_tokens=True)
-            assert attempts[0].completion_tokens == stop
+        assert_equal_to_plain_generate(backend, mixed_requests, results, plain_generate, 24)
+    finally:
+        backend.close()
+
+
+def test_hf_retry_prefills_only_its_new_turn_and_still_equals_plain_generate(tiny_model, faces, plain_generate):
+    """A retry repeats its sample's previous prompt and completion: the backend serves that prefix from
+    the KV it kept, and the completion is the one a full prefill gives."""
+    samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:3]
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=3))
+    params = SamplingParams(max_new_tokens=32)
+    try:
+        first = [make_request(s, 0, hint=True) for s in samples]
+        first_results = backend.generate(first, params)
+        assert backend.reused_tokens == 0
+        retries = [make_request(s, 1, hint=True, history=[(a[0].completion, ("wrong_label",))])
+                   for s, a in zip(samples, first_results)]
+        results = backend.generate(retries, params)
+        # at least each attempt-0 prompt (image included) came from the cache
+        assert backend.reused_tokens >= sum(a[0].prompt_tokens for a in first_results)
+        assert backend.reused_tokens < backend.prompt_tokens
+        assert_equal_to_plain_generate(backend, retries, results, plain_generate, 32)
+    finally:
+        backend.close()
+
+
+def test_hf_without_kv_reuse_prefills_everything(tiny_model, faces):
+    samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:2]
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", kv_reuse_mb=0))
+    try:
+        first = backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))
+        backend.generate([make_request(s, 1, hint=True, history=[(a[0].completion, ("wrong_label",))])
+                          for s, a in zip(samples, first)], SamplingParams(max_new_tokens=8))
+        assert backend.reused_tokens == 0 and backend.prompt_tokens > 0
     finally:
         backend.close()
 

@@ -17,7 +17,7 @@ from engine.judge import Gold, judge
 from engine.partition import (InputChangedError, Outcome, PartitionResult, cut_partitions, totals,
                               write_partition)
 from engine.progress import Counts, Progress
-from engine.synth import JobMismatchError, default_job_id, open_job, resolve_config
+from engine.synth import JobMismatchError, RequestQueue, default_job_id, open_job, resolve_config
 from engine.types import Attempt, GenerationRequest, QuarantineRecord, Sample, SamplingParams, sha256_hex
 
 GOOD = ("<think>The inner brows are raised (AU1) and the brows are lowered (AU4), the lip corners are "
@@ -285,3 +285,33 @@ def test_a_failed_shard_write_leaves_the_partition_uncommitted(tmp_path, monkeyp
         write_partition(str(tmp_path / "out"), finished(partition, accept={"s0"}))
     assert not (tmp_path / "out" / "commits").exists()
     assert shards.read_commits(str(tmp_path / "out")) == []
+
+
+def _request(key: str) -> GenerationRequest:
+    return GenerationRequest(key=key, sample_id=key.split("#")[0], attempt=int(key.split("#")[1]), messages=(),
+                             image=b"", prompt_hash="")
+
+
+def test_a_retry_waits_for_the_generator_that_holds_its_previous_attempt():
+    queue = RequestQueue(generators=2)
+    for key in ("a#0", "b#0", "c#0"):
+        queue.add(_request(key))
+    queue.add_retry(_request("x#1"), generator=1)
+    queue.add_retry(_request("y#1"), generator=0)
+    assert queue.ready_for(0) == queue.ready_for(1) == 4 and len(queue) == 5
+    # its own retries first, then new samples; never the other generator's retries while there is work
+    assert [r.key for r in queue.take(0, 2)] == ["y#1", "a#0"]
+    assert [r.key for r in queue.take(1, 3)] == ["x#1", "b#0", "c#0"]
+    assert len(queue) == 0
+
+
+def test_an_idle_generator_takes_other_retries_rather_than_wait_and_lost_work_goes_first():
+    queue = RequestQueue(generators=3)
+    queue.add_retry(_request("x#1"), generator=1)
+    for key in ("p#2", "q#2", "r#2"):
+        queue.add_retry(_request(key), generator=2)
+    assert [r.key for r in queue.take(0, 2)] == ["p#2", "q#2"]  # the longest queue
+    queue.add(_request("new#0"))
+    queue.put_back(_request("lost#3"))
+    assert [r.key for r in queue.take(1, 4)] == ["x#1", "lost#3", "new#0"]
+    assert [r.key for r in queue.take(0, 4)] == ["r#2"]

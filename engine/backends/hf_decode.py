@@ -1,0 +1,262 @@
+"""Generation for the hf backend: each prompt prefilled alone, rows decoded together, and each
+sample's KV cache kept from one attempt to the next.
+
+Why not `model.generate` on a left-padded batch:
+- A retry's prompt is the previous attempt's prompt and completion plus a short feedback turn. The
+  KV of that shared prefix was computed by the previous attempt; `PrefixCache` keeps it, so a retry
+  prefills only its new tail (vLLM's prefix caching does the same). On CPU, prefill of a 2,500-token
+  retry prompt costs more than decoding 256 tokens.
+- A padded batch prefill needs a 4D mask (rows x prompt x prompt) that SDPA converts per layer; at
+  16 rows of 2,500 tokens that was 40% of the prefill. Alone, a prompt needs no mask.
+
+Decoding then runs on all rows at once: each row's cache is copied right-aligned into a preallocated
+buffer (left padding masked out), every row advances one token a step, and a row stops at its first
+end-of-sequence token. Greedy rows equal `generate`'s; sampling is temperature and top-p.
+
+With a padding mask, transformers' SDPA path copies every key and value head once per query head
+that shares it (grouped-query attention), at every decode step: at 16 rows of 2,800 cached tokens
+that copy cost 5x the attention itself. `ATTENTION` decodes without the copy.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+import torch
+
+# Default bytes of KV kept for retries; least recently used first out.
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+# The attention implementation the hf backend registers and sets on its model.
+ATTENTION = "fea_grouped_decode"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query token per row against a masked cache, each key/value head serving its group of query
+    heads in place (no repeated copy); anything else goes to transformers' SDPA path."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] != 1 or attention_mask is None or groups == 1 or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    batch, heads, _, head_dim = query.shape
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    # [batch, kv_heads, group, head_dim] @ [batch, kv_heads, head_dim, kv] -> one score row per query head
+    scores = torch.matmul(query.view(batch, kv_heads, groups, head_dim), key.transpose(-1, -2)).float() * scale
+    if attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
+    else:
+        scores = scores + attention_mask[:, :, -1:, :]
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
+    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, grouped_decode_attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+@dataclass
+class CachedSequence:
+    """The KV of one finished sequence: `token_ids[:len]` with its per-layer keys and values
+    (each [kv_heads, len, head_dim]) and the M-RoPE offset of its text positions."""
+    token_ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    rope_delta: int
+    image_end: int  # index after the last vision token: a reused prefix must cover the image
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+class PrefixCache:
+    """Finished sequences by image digest (the newest per image), least recently used evicted past
+    `max_bytes`. A prompt reuses the longest token prefix it shares with its image's sequence."""
+
+    def __init__(self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, CachedSequence] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, image_key: str, token_ids: list[int]) -> tuple[CachedSequence | None, int]:
+        """The image's cached sequence and how many leading tokens of `token_ids` it covers (0: none
+        usable). At least one token is left to prefill, since its logits start the completion."""
+        entry = self._entries.get(image_key)
+        if entry is None:
+            return None, 0
+        self._entries.move_to_end(image_key)
+        shared = _common_prefix(entry.token_ids, token_ids)
+        shared = min(shared, len(token_ids) - 1)
+        return (entry, shared) if shared > entry.image_end else (None, 0)
+
+    def store(self, image_key: str, sequence: CachedSequence) -> None:
+        if sequence.nbytes > self.max_bytes:
+            return
+        old = self._entries.pop(image_key, None)
+        if old is not None:
+            self.bytes -= old.nbytes
+        self._entries[image_key] = sequence
+        self.bytes += sequence.nbytes
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.nbytes
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class Prefilled:
+    """One prompt after prefill: its full token ids, per-layer KV [kv_heads, len, head_dim] (the
+    prompt, every token), the logits of its last token, and where its text positions stand."""
+    token_ids: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    last_logits: torch.Tensor
+    rope_delta: int
+    image_end: int
+    reused_tokens: int
+
+
+def prefill(model, inputs: dict[str, torch.Tensor], cached: CachedSequence | None, reused: int) -> Prefilled:
+    """Run one prompt (processor outputs for a single row, no padding) through the model, starting
+    after the `reused` tokens whose KV `cached` holds."""
+    from transformers import DynamicCache
+
+    ids = inputs["input_ids"]
+    token_ids = ids[0].tolist()
+    cache = DynamicCache()
+    if cached is None:
+        positions, deltas = model.model.get_rope_index(
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
+        rope_delta = int(deltas.reshape(-1)[0])
+        forward = dict(input_ids=ids, pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"])
+        image_end = _image_end(model, token_ids)
+    else:
+        for layer, (k, v) in enumerate(zip(cached.keys, cached.values)):
+            cache.update(k[None, :, :reused], v[None, :, :reused], layer)
+        rope_delta, image_end = cached.rope_delta, cached.image_end
+        # after the image every token is text: one position each, offset by the image's delta
+        positions = (torch.arange(reused, len(token_ids), device=ids.device) + rope_delta).expand(3, 1, -1)
+        forward = dict(input_ids=ids[:, reused:])
+    out = model(**forward, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    keys = [layer.keys[0] for layer in cache.layers]
+    values = [layer.values[0] for layer in cache.layers]
+    return Prefilled(token_ids, keys, values, out.logits[0, -1], rope_delta, image_end, reused)
+
+
+def _image_end(model, token_ids: list[int]) -> int:
+    vision_ids = {model.config.image_token_id, model.config.vision_end_token_id, model.config.vision_start_token_id}
+    return max((i for i, t in enumerate(token_ids) if t in vision_ids), default=-1) + 1
+
+
+@dataclass
+class Decoded:
+    token_ids: list[int]  # generated, up to and including the first end-of-sequence token
+    stopped: bool         # ended on end-of-sequence (else on max_new_tokens)
+
+
+def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, temperature: float, top_p: float,
+           seed: int, blocked_ids: list[int], eos_ids: set[int],
+           pad_id: int) -> tuple[list[Decoded], list[CachedSequence]]:
+    """Decode `n` completions of every prefilled row together (row-major: row 0's n, then row 1's).
+
+    Also returns, per row, its prompt and first completion with their KV, for the prefix cache."""
+    from transformers import StaticCache
+
+    device = rows[0].last_logits.device
+    width = max(len(r.token_ids) for r in rows)
+    batch = len(rows) * n
+    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+    layers = len(rows[0].keys)
+    kv_heads, head_dim = rows[0].keys[0].shape[0], rows[0].keys[0].shape[-1]
+    cache.early_initialization(batch, kv_heads, head_dim, rows[0].keys[0].dtype, device)
+    mask = torch.ones(batch, width + max_new_tokens, dtype=torch.long, device=device)
+    for r, row in enumerate(rows):
+        start = width - len(row.token_ids)
+        mask[r * n:(r + 1) * n, :start] = 0
+        for layer in range(layers):
+            cache.layers[layer].keys[r * n:(r + 1) * n, :, start:width] = row.keys[layer]
+            cache.layers[layer].values[r * n:(r + 1) * n, :, start:width] = row.values[layer]
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(width)
+
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    blocked = torch.tensor(blocked_ids, dtype=torch.long, device=device)
+    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    logits = torch.stack([row.last_logits for row in rows]).repeat_interleave(n, dim=0)
+    # text position of each row's next token: prompt length + the image's offset
+    position = torch.tensor([len(r.token_ids) + r.rope_delta for r in rows], device=device).repeat_interleave(n)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []
+    for step in range(max_new_tokens):
+        token = _choose(logits, blocked, temperature, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        steps.append(token)
+        done |= torch.isin(token, eos)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        out = model(input_ids=token[:, None], position_ids=(position + step).view(1, batch, 1).expand(3, -1, -1),
+                    attention_mask=mask, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1]
+    completions = _completions(steps, eos_ids, batch)
+    return completions, _first_completion_kv(cache, rows, completions[::n], width, len(steps))
+
+
+def _choose(logits: torch.Tensor, blocked: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    logits = logits.float()
+    if blocked.numel():
+        logits[:, blocked] = float("-inf")
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest head whose mass reaches top_p (the first token always stays)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _completions(steps: list[torch.Tensor], eos_ids: set[int], batch: int) -> list[Decoded]:
+    tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(batch)]
+    out = []
+    for row in tokens:
+        stop = next((k for k, t in enumerate(row) if t in eos_ids), None)
+        out.append(Decoded(row if stop is None else row[:stop + 1], stop is not None))
+    return out
+
+
+def _first_completion_kv(cache, rows: list[Prefilled], firsts: list[Decoded], width: int,
+                        steps: int) -> list[CachedSequence]:
+    """Per row, prompt + first completion as far as its KV was computed (the last decoded token is
+    never fed back), cut out of the padded buffer."""
+    n = len(cache.layers[0].keys) // len(rows)
+    kept = []
+    for r, (row, first) in enumerate(zip(rows, firsts)):
+        fed = min(len(first.token_ids), steps - 1)
+        start, end = width - len(row.token_ids), width + fed
+        kept.append(CachedSequence(
+            token_ids=row.token_ids + first.token_ids[:fed],
+            keys=[layer.keys[r * n, :, start:end].clone() for layer in cache.layers],
+            values=[layer.values[r * n, :, start:end].clone() for layer in cache.layers],
+            rope_delta=row.rope_delta, image_end=row.image_end))
+    return kept
