@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import torch
+
 from engine.backends import hf_decode
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
 from engine.types import Attempt, GenerationRequest, SamplingParams
@@ -39,7 +41,6 @@ class HFBackend:
         self.reused_tokens = 0
 
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from engine.tinymodel import blocked_token_ids
@@ -83,8 +84,6 @@ class HFBackend:
 
     def _generate_batch(self, requests: list[GenerationRequest], texts: list[str],
                         params: SamplingParams) -> list[list[Attempt]]:
-        import torch
-
         rows, usable, keys = [], [], []
         out: list[list[Attempt] | None] = [None] * len(requests)
         with torch.inference_mode():

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+
 import torch
+from transformers import AttentionInterface, Cache, DynamicCache
+from transformers.cache_utils import StaticLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # Default bytes of KV kept for retries; least recently used first out.
 DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
@@ -32,8 +37,6 @@ ATTENTION = "fea_grouped_decode"
 def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """One query token per row against a masked cache, each key/value head serving its group of query
     heads in place (no repeated copy); anything else goes to transformers' SDPA path."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     groups = getattr(module, "num_key_value_groups", 1)
     if query.shape[2] != 1 or attention_mask is None or groups == 1 or dropout:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -52,9 +55,6 @@ def grouped_decode_attention(module, query, key, value, attention_mask, scaling=
 
 
 def register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
     AttentionInterface.register(ATTENTION, grouped_decode_attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
@@ -138,8 +138,6 @@ class Prefilled:
 def prefill(model, inputs: dict[str, torch.Tensor], cached: CachedSequence | None, reused: int) -> Prefilled:
     """Run one prompt (processor outputs for a single row, no padding) through the model, starting
     after the `reused` tokens whose KV `cached` holds."""
-    from transformers import DynamicCache
-
     ids = inputs["input_ids"]
     token_ids = ids[0].tolist()
     cache = DynamicCache()
@@ -179,13 +177,11 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
     """Decode `n` completions of every prefilled row together (row-major: row 0's n, then row 1's).
 
     Also returns, per row, its prompt and first completion with their KV, for the prefix cache."""
-    from transformers import StaticCache
-
     device = rows[0].last_logits.device
     width = max(len(r.token_ids) for r in rows)
     batch = len(rows) * n
-    cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
     layers = len(rows[0].keys)
+    cache = Cache(layers=[FilledPartLayer(width + max_new_tokens) for _ in range(layers)])
     kv_heads, head_dim = rows[0].keys[0].shape[0], rows[0].keys[0].shape[-1]
     cache.early_initialization(batch, kv_heads, head_dim, rows[0].keys[0].dtype, device)
     mask = torch.ones(batch, width + max_new_tokens, dtype=torch.long, device=device)
@@ -218,6 +214,19 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
         logits = out.logits[:, -1]
     completions = _completions(steps, eos_ids, batch)
     return completions, _first_completion_kv(cache, rows, completions[::n], width, len(steps))
+
+
+class FilledPartLayer(StaticLayer):
+    """A preallocated cache layer (no copy of the whole cache per step, unlike a growing one) that gives
+    attention only its filled part: the room kept for tokens not decoded yet is not read."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        filled = int(self.cumulative_length)
+        return keys[:, :, :filled], values[:, :, :filled]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return int(self.cumulative_length) + query_length, 0
 
 
 def _choose(logits: torch.Tensor, blocked: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
