@@ -30,12 +30,62 @@ _LORA_NAME = "adapter"
 
 
 def _prepare_environment() -> None:
-    """CPU settings read by vLLM at import: must run before `import vllm`."""
+    """CPU settings read by vLLM at import and engine start: must run before `import vllm`."""
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
+        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            # Ray gives an actor OMP_NUM_THREADS = the CPUs it reserved
+            cores = claim_cpu_cores(int(os.environ.get("OMP_NUM_THREADS") or 1))
+            if cores:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cores
+
+
+_claimed_cores: str | None = None  # this process's claim; its lock files stay open until the process ends
+_core_locks: list[Any] = []
+
+
+def claim_cpu_cores(count: int) -> str | None:
+    """Cores for this process's vLLM CPU worker that no other process on this machine holds, as vLLM's
+    bind list ("2,3"); None when fewer than `count` are free (vLLM then binds by itself).
+
+    vllm-cpu binds its worker to fixed cores; left to itself, every generator on a machine picks the
+    same ones and they share a core. A claim is an exclusive lock on a file per core, so it ends with
+    the process, even one that crashed. A reloaded model keeps its process's cores."""
+    global _claimed_cores
+    if _claimed_cores is None:
+        import tempfile
+
+        cores, locks = lock_free_cores(count, os.path.join(tempfile.gettempdir(), "fea-vllm-cores"))
+        if cores:
+            _claimed_cores = ",".join(map(str, cores))
+            _core_locks.extend(locks)
+    return _claimed_cores
+
+
+def lock_free_cores(count: int, folder: str) -> tuple[list[int], list[Any]]:
+    """The first `count` cores of this process's affinity whose lock files in `folder` nobody holds,
+    with those files, open and locked; ([], []) when there are not enough."""
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    cores, locks = [], []
+    for core in sorted(os.sched_getaffinity(0)):
+        lock = open(os.path.join(folder, f"core-{core}.lock"), "w")  # noqa: SIM115 - held open while claimed
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        cores.append(core)
+        locks.append(lock)
+        if len(cores) == count:
+            return cores, locks
+    for lock in locks:
+        lock.close()
+    return [], []
 
 
 class _EngineLoop:
