@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
 PART_ITEMS = {"throughput": "item 1", "efficiency": "item 2", "scaling": "item 3",
-              "anatomy": "where hf generation time goes"}
+              "anatomy": "where hf generation time goes", "retries": "what a retry costs in the hf backend"}
 MAX_MODEL_LEN = 4096  # retries grow the prompt: attempt 6 carries five earlier completions
 BARE_VLLM_KWARGS = dict(max_model_len=MAX_MODEL_LEN, enforce_eager=True, limit_mm_per_prompt={"image": 1, "video": 0},
                         seed=0, dtype="bfloat16")
@@ -340,10 +340,56 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     return rows, ratios, notes
 
 
+def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
+    """A batch of 16 samples through all six attempts, the retry prompts built as the engine builds
+    them (judge, outcome history): per attempt, prompt tokens, the share whose KV was kept from the
+    previous attempt, and the prefill and decode time per row."""
+    from engine import backends
+    from engine.config import GenerationConfig, VerifierConfig
+    from engine.facs import label_set_for
+    from engine.judge import Gold, judge
+    from engine.partition import Outcome
+    from engine.prompts import make_request
+    from engine.types import SamplingParams
+
+    samples = common.load_samples(common.face_set(64), limit=16)
+    golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
+    outcomes = [Outcome(s) for s in samples]
+    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=16))
+    backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))  # warm-up
+    backend.prefix_cache.clear()
+    rows = []
+    for attempt in range(args.max_retries + 1):
+        requests = [make_request(o.sample, attempt, hint=True, history=o.history()) for o in outcomes]
+        before = (backend.prompt_tokens, backend.reused_tokens, backend.prefill_seconds, backend.decode_seconds)
+        out = backend.generate(requests, SamplingParams(max_new_tokens=args.max_new_tokens))
+        prompt_tokens, reused, prefill_s, decode_s = (now - was for now, was in zip(
+            (backend.prompt_tokens, backend.reused_tokens, backend.prefill_seconds, backend.decode_seconds), before))
+        for outcome, judged in zip(outcomes, judge(out, golds, VerifierConfig(policy=args.policy))):
+            outcome.record(judged)
+        rows.append({"part": "retries", "attempt": attempt, "rows": len(requests),
+                     "prompt_tokens_per_row": prompt_tokens // len(requests),
+                     "from_kept_kv": round(reused / prompt_tokens, 3),
+                     "prefill_s_per_row": prefill_s / len(requests), "decode_s_per_row": decode_s / len(requests),
+                     "new_tokens_per_row": sum(a[0].completion_tokens for a in out) // len(requests)})
+    backend.close()
+    total = {k: sum(r[k] for r in rows) for k in ("prefill_s_per_row", "decode_s_per_row")}
+    ratios = [common.ratio_row("share of a sample's generation time in decode", total["decode_s_per_row"],
+                               total["decode_s_per_row"] + total["prefill_s_per_row"], "-")]
+    notes = ["Engine hf backend in this process (no Ray), fp32, 1 torch thread, batch 16, greedy, "
+             f"max_new_tokens {args.max_new_tokens}, policy {args.policy}; retry prompts carry the earlier "
+             "completions and the verifier's reasons, as in fea synth. from_kept_kv: share of the prompt "
+             "tokens whose KV came from the sample's previous attempt (the random model's completions do not "
+             "re-tokenize to the tokens it generated, so the kept prefix ends early in each completion). "
+             "Times are the backend's own prefill and decode timers, one call per attempt."]
+    return rows, ratios, notes
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "throughput", "efficiency", "scaling", "anatomy"], default="all")
+    parser.add_argument("--part", choices=["all", "throughput", "efficiency", "scaling", "anatomy", "retries"],
+                        default="all")
     parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     parser.add_argument("--samples", type=int, default=32, help="fea synth input samples (throughput, scaling)")
     parser.add_argument("--baseline-samples", type=int, default=4, help="samples the sequential baseline runs")
@@ -372,7 +418,7 @@ def main() -> None:
     try:
         for part in parts:
             runner = {"throughput": part_throughput, "efficiency": part_efficiency, "scaling": part_scaling,
-                      "anatomy": part_anatomy}[part]
+                      "anatomy": part_anatomy, "retries": part_retries}[part]
             rows, ratios, notes = runner(args, model)
             common.print_table(f"synthesis: {part}", rows)
             common.print_table("ratios", ratios)

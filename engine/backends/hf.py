@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import torch
 
@@ -37,8 +38,11 @@ class HFBackend:
         self.eos_ids: set[int] = set()
         self.device = "cpu"
         self.prefix_cache = hf_decode.PrefixCache(0)
-        self.prompt_tokens = 0  # prompt tokens seen / of those served from the prefix cache (for logs, benches)
+        # for logs and benches: prompt tokens seen, those served from the prefix cache, time in each phase
+        self.prompt_tokens = 0
         self.reused_tokens = 0
+        self.prefill_seconds = 0.0
+        self.decode_seconds = 0.0
 
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -94,14 +98,18 @@ class HFBackend:
                     out[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
                     continue
                 keys.append(hashlib.sha256(req.image).hexdigest())
+                started = time.perf_counter()
                 rows.append(self._prefill(text, image, keys[-1]))
+                self.prefill_seconds += time.perf_counter() - started
                 usable.append(i)
             if rows:
+                started = time.perf_counter()
                 completions, sequences = hf_decode.decode(
                     self.model, rows, max_new_tokens=params.max_new_tokens, n=params.n,
                     temperature=params.temperature, top_p=params.top_p, seed=params.seed,
                     blocked_ids=[ids[0] for ids in self.bad_words_ids], eos_ids=self.eos_ids,
                     pad_id=self.processor.tokenizer.pad_token_id)
+                self.decode_seconds += time.perf_counter() - started
                 for key, sequence in zip(keys, sequences):
                     self.prefix_cache.store(key, sequence)
                 for r, i in enumerate(usable):
