@@ -29,6 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 N_FACES = 24  # the `faces` fixture
 PARTITION_SIZE = 8
+SSH_CONTROL_PERSIST_S = 10  # Ray's command runner: ssh -o ControlPersist=10s
 
 
 def _run(cmd: list[str], env: dict[str, str], timeout: int, log: Path) -> subprocess.CompletedProcess:
@@ -140,5 +141,8 @@ def test_ray_up_submit_synth_and_down(cluster):
     assert "Stopped all" in down.stdout or "Did not find any active Ray processes" in down.stdout, down.stdout[-2000:]
     assert decoy_alive, "ray down stopped a Ray-named process outside the cluster"
     stop_cluster_sshd(cluster)
-    leftovers = _processes_mentioning(str(cluster.workdir))
+    # The launcher's ssh connection masters linger for their ControlPersist time (10 s) after last use.
+    deadline = time.monotonic() + SSH_CONTROL_PERSIST_S + 5
+    while (leftovers := _processes_mentioning(str(cluster.workdir))) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not leftovers, f"processes of the cluster outlived it: {leftovers}"
