@@ -28,8 +28,6 @@ from transformers.cache_utils import StaticLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-# Default bytes of KV kept for retries; least recently used first out.
-DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
 # The attention implementation the hf backend registers and sets on its model.
 ATTENTION = "fea_grouped_decode"
 
@@ -78,7 +76,7 @@ class PrefixCache:
     """Finished sequences by image digest (the newest per image), least recently used evicted past
     `max_bytes`. A prompt reuses the longest token prefix it shares with its image's sequence."""
 
-    def __init__(self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, CachedSequence] = OrderedDict()
