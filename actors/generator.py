@@ -19,9 +19,11 @@ from engine.types import Attempt, GenerationRequest, SamplingParams
 class GeneratorActor:
     """Created with `.options(num_cpus=..., num_gpus=..., max_restarts=-1)`; a restart reloads the model."""
 
-    def __init__(self, backend: str, model: str | None, adapter: str | None, gen_cfg: dict) -> None:
+    def __init__(self, backend: str, model: str | None, adapter: str | None, gen_cfg: dict,
+                 dtype: str = "auto") -> None:
         self.backend_name = backend
         self.gen_cfg = GenerationConfig.model_validate(gen_cfg)
+        self.dtype = dtype  # weights dtype, kept across reloads
         self.backend = None
         # one thread for model loading and blocking generation: one batch at a time, always the same
         # thread (torch's per-thread settings stay put)
@@ -38,7 +40,7 @@ class GeneratorActor:
             self.backend = None
         model_dir = storage.materialize(model) if model else None  # s3:// copied once per node
         adapter_dir = storage.materialize(adapter) if adapter else None
-        self.backend = backends.create(self.backend_name, model_dir, adapter_dir, self.gen_cfg)
+        self.backend = backends.create(self.backend_name, model_dir, adapter_dir, self.gen_cfg, self.dtype)
         return self.backend.model_id
 
     def _condition(self) -> asyncio.Condition:

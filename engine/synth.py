@@ -201,7 +201,8 @@ def _new_generators(cfg: SynthConfig, job_id: str) -> list:
     return [GeneratorActor.options(
         name=f"fea-{job_id}-generator-{i}", num_cpus=cfg.generator_num_cpus, num_gpus=cfg.generator_num_gpus,
         max_restarts=-1, max_task_retries=0).remote(
-        cfg.generation.backend, cfg.model.path or None, cfg.model.adapter, gen_cfg) for i in range(cfg.generators)]
+        cfg.generation.backend, cfg.model.path or None, cfg.model.adapter, gen_cfg, cfg.model.dtype)
+        for i in range(cfg.generators)]
 
 
 class GeneratorFleet:
@@ -215,7 +216,8 @@ class GeneratorFleet:
     def acquire(self, cfg: SynthConfig, job_id: str) -> list:
         import ray
 
-        settings = (cfg.generation.model_dump_json(), cfg.generators, cfg.generator_num_cpus, cfg.generator_num_gpus)
+        settings = (cfg.generation.model_dump_json(), cfg.model.dtype, cfg.generators, cfg.generator_num_cpus,
+                    cfg.generator_num_gpus)
         if self.actors and settings == self.settings:
             ray.get([a.reload.remote(cfg.model.path or None, cfg.model.adapter) for a in self.actors])
             return self.actors

@@ -54,7 +54,7 @@ def generate_records(cfg: EvalSection) -> list[EvalRecord]:
     gen = cfg.generation
     params = SamplingParams(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
                             n=1, seed=gen.seed)
-    backend = create(gen.backend, model_dir, adapter, gen)
+    backend = create(gen.backend, model_dir, adapter, gen, cfg.model.dtype)
     records: list[EvalRecord] = []
     try:
         samples = islice(iter_samples(cfg.data), cfg.limit)

@@ -33,7 +33,8 @@ class Backend(Protocol):
     name: str
     model_id: str  # provenance: which weights produced the completions
 
-    def load(self, model_dir: str | None, adapter: str | None, gen_cfg: "GenerationConfig") -> None: ...
+    def load(self, model_dir: str | None, adapter: str | None, gen_cfg: "GenerationConfig",
+             dtype: str = "auto") -> None: ...
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
         """params.n Attempts per request, in request order.
@@ -64,8 +65,9 @@ def available() -> list[str]:
 
 
 def create(name: str, model_dir: str | None = None, adapter: str | None = None,
-           gen_cfg: "GenerationConfig | None" = None) -> Backend:
-    """A loaded backend called `name` (model_dir is a local folder; adapter an optional LoRA folder)."""
+           gen_cfg: "GenerationConfig | None" = None, dtype: str = "auto") -> Backend:
+    """A loaded backend called `name` (model_dir is a local folder; adapter an optional LoRA folder;
+    dtype as `model.dtype`: auto, float32, bfloat16, float16)."""
     if name not in _MODULES:
         raise ValueError(f"unknown generator backend {name!r}; known: {', '.join(available())}")
     if name not in _REGISTRY:
@@ -73,7 +75,7 @@ def create(name: str, model_dir: str | None = None, adapter: str | None = None,
     from engine.config import GenerationConfig
 
     backend = _REGISTRY[name]()
-    backend.load(model_dir, adapter, gen_cfg or GenerationConfig(backend=name))
+    backend.load(model_dir, adapter, gen_cfg or GenerationConfig(backend=name), dtype)
     return backend
 
 

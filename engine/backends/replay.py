@@ -26,7 +26,7 @@ class ReplayBackend:
         self.model_id = ""
         self.store: dict[tuple[str, int], list[dict]] = {}
 
-    def load(self, model_dir, adapter, gen_cfg) -> None:
+    def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:  # no weights: dtype unused
         from engine import storage
 
         if not gen_cfg.replay_path:

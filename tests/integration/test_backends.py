@@ -132,6 +132,25 @@ def test_hf_without_kv_reuse_prefills_everything(tiny_model, faces):
         backend.close()
 
 
+def test_hf_runs_in_the_dtype_asked_for_with_kept_kv_and_sampling(tiny_model, faces):
+    """bfloat16, the GPU default, on CPU: the model is loaded in it, retries reuse the kept KV and
+    n > 1 sampling works (`model.dtype` reaches the backend through `create`)."""
+    import torch
+
+    samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:3]
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf"), dtype="bfloat16")
+    try:
+        assert backend.model.dtype == torch.bfloat16
+        first = backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=12))
+        retries = [make_request(s, 1, hint=True, history=[(a[0].completion, ("wrong_label",))])
+                   for s, a in zip(samples, first)]
+        results = backend.generate(retries, SamplingParams(max_new_tokens=12, temperature=1.0, n=2, seed=5))
+        assert_one_result_per_request(retries, results, n=2)
+        assert backend.reused_tokens >= sum(a[0].prompt_tokens for a in first)
+    finally:
+        backend.close()
+
+
 @pytest.mark.vllm
 def test_vllm_serves_concurrent_batches_and_refuses_only_the_bad_prompt(tiny_model, mixed_requests):
     backend = backends.create("vllm", str(tiny_model), None,
