@@ -135,10 +135,15 @@ def _synth(run: Run, index: int, model: str) -> dict[str, Any]:
         write_samples(todo, input_uri)
     out = run.round_uri(index, "synth", "out")
     cfg = run.cfg.synth.model_validate({**run.cfg.synth.model_dump(), "input": input_uri, "image_root": None,
-                                        "out": out, "model": ModelConfig(path=model).model_dump(),
+                                        "out": out, "model": _round_model(run.cfg.synth.model, model),
                                         "job_id": f"round-{index:02d}"})
     summary = run_synth(cfg, fleet=run.fleet)
     return {"model": model, "out": out, "summary": summary, "pool_already_accepted": len(have)}
+
+
+def _round_model(section: ModelConfig, model: str) -> dict[str, Any]:
+    """The round's model (a merged folder, no adapter) with the section's other settings, e.g. dtype."""
+    return {**section.model_dump(), "path": model, "adapter": None}
 
 
 def _eval(run: Run, index: int, model: str) -> dict[str, Any]:
@@ -146,7 +151,7 @@ def _eval(run: Run, index: int, model: str) -> dict[str, Any]:
 
     uri, local = _local_dir(run, index, "eval")
     cfg = run.cfg.eval.model_validate({**run.cfg.eval.model_dump(), "data": run.cfg.test,
-                                       "model": {"path": model}, "out": str(local)})
+                                       "model": _round_model(run.cfg.eval.model, model), "out": str(local)})
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))
     metrics = run_eval(cfg)
     if storage.is_s3(uri):

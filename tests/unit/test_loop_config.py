@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import ConfigError, LoopConfig, load_config
-from engine.loop import held_out_score
+from engine.config import ConfigError, LoopConfig, ModelConfig, load_config
+from engine.loop import _round_model, held_out_score
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
                  if "loop" in (yaml.safe_load(p.read_text()) or {}))
@@ -38,3 +38,9 @@ def test_held_out_score_counts_a_missing_metric_as_zero():
     assert held_out_score(metrics, "rege") == 0.5
     assert held_out_score(metrics, "au_macro_f1") == 0.25
     assert held_out_score(metrics, "rouge_l_f") == 0.0
+
+
+def test_a_round_uses_its_model_with_the_section_settings_kept():
+    section = ModelConfig(path="base", adapter="lora", dtype="bfloat16")
+    assert ModelConfig.model_validate(_round_model(section, "round-02/merged")) == ModelConfig(
+        path="round-02/merged", adapter=None, dtype="bfloat16")
