@@ -38,7 +38,8 @@ class HFBackend:
         self.eos_ids: set[int] = set()
         self.device = "cpu"
         self.prefix_cache = hf_decode.PrefixCache(0)
-        # for logs and benches: prompt tokens seen, those served from the prefix cache, time in each phase
+        # for logs and benches: prompt tokens seen, those served from the prefix cache, time in each
+        # phase (prefill includes preparing the inputs: image decoding, chat template, processor)
         self.prompt_tokens = 0
         self.reused_tokens = 0
         self.prefill_seconds = 0.0
@@ -55,7 +56,6 @@ class HFBackend:
         if dtype == "auto":
             dtype = "bfloat16" if self.device == "cuda" else "float32"
         self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.processor.tokenizer.padding_side = "left"
         hf_decode.register_attention()
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype),
                                                             attn_implementation=hf_decode.ATTENTION)
@@ -74,51 +74,53 @@ class HFBackend:
         log.info("hf backend: %s on %s (%s)", self.model_id, self.device, dtype)
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
-        if not requests:  # the tokenizer refuses an empty list
-            return []
-        texts = [self.processor.apply_chat_template(list(req.messages), add_generation_prompt=True, tokenize=False)
-                 for req in requests]
-        lengths = [len(ids) for ids in self.processor.tokenizer(texts)["input_ids"]]
         results: list[list[Attempt] | None] = [None] * len(requests)
+        started = time.perf_counter()
+        inputs = {}
+        for i, req in enumerate(requests):
+            try:
+                inputs[i] = self._inputs(req)
+            except _UndecodableImage as err:  # reported on the attempt, the call goes on
+                results[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
+        self.prefill_seconds += time.perf_counter() - started
+        usable = list(inputs)
+        lengths = [inputs[i]["input_ids"].shape[1] for i in usable]
         for group in length_groups(lengths, self.batch_size):
-            for i, attempts in zip(group, self._generate_batch([requests[i] for i in group],
-                                                               [texts[i] for i in group], params)):
+            indices = [usable[g] for g in group]
+            batch = self._generate_batch([requests[i] for i in indices], [inputs[i] for i in indices], params)
+            for i, attempts in zip(indices, batch):
                 results[i] = attempts
-        return results  # type: ignore[return-value] - every index belongs to one group
+        return results  # type: ignore[return-value] - every index is an error or belongs to one group
 
-    def _generate_batch(self, requests: list[GenerationRequest], texts: list[str],
+    def _inputs(self, req: GenerationRequest):
+        """The processor's tensors for one request: its chat text and image, the image tokens expanded."""
+        try:
+            image = decode_image(req.image)
+        except Exception as err:  # noqa: BLE001 - any decoder failure means the same to the caller
+            raise _UndecodableImage(err) from err
+        text = self.processor.apply_chat_template(list(req.messages), add_generation_prompt=True, tokenize=False)
+        return self.processor(text=[text], images=[image], return_tensors="pt").to(self.device)
+
+    def _generate_batch(self, requests: list[GenerationRequest], inputs: list,
                         params: SamplingParams) -> list[list[Attempt]]:
-        rows, usable, keys = [], [], []
-        out: list[list[Attempt] | None] = [None] * len(requests)
         with torch.inference_mode():
-            for i, (req, text) in enumerate(zip(requests, texts)):
-                try:
-                    image = decode_image(req.image)
-                except Exception as err:  # noqa: BLE001 - reported on the attempt, the batch goes on
-                    out[i] = error_attempts(req, self.name, self.model_id, f"image_undecodable: {err}", params.n)
-                    continue
-                keys.append(hashlib.sha256(req.image).hexdigest())
-                started = time.perf_counter()
-                rows.append(self._prefill(text, image, keys[-1]))
-                self.prefill_seconds += time.perf_counter() - started
-                usable.append(i)
-            if rows:
-                started = time.perf_counter()
-                completions, sequences = hf_decode.decode(
-                    self.model, rows, max_new_tokens=params.max_new_tokens, n=params.n,
-                    temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-                    blocked_ids=[ids[0] for ids in self.bad_words_ids], eos_ids=self.eos_ids,
-                    pad_id=self.processor.tokenizer.pad_token_id)
-                self.decode_seconds += time.perf_counter() - started
-                for key, sequence in zip(keys, sequences):
-                    self.prefix_cache.store(key, sequence)
-                for r, i in enumerate(usable):
-                    out[i] = [self._attempt(requests[i], completions[r * params.n + k], len(rows[r].token_ids))
-                              for k in range(params.n)]
-        return [attempts for attempts in out if attempts is not None]
+            keys = [hashlib.sha256(req.image).hexdigest() for req in requests]
+            started = time.perf_counter()
+            rows = [self._prefill(row_inputs, key) for row_inputs, key in zip(inputs, keys)]
+            self.prefill_seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            completions, sequences = hf_decode.decode(
+                self.model, rows, max_new_tokens=params.max_new_tokens, n=params.n,
+                temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                blocked_ids=[ids[0] for ids in self.bad_words_ids], eos_ids=self.eos_ids,
+                pad_id=self.processor.tokenizer.pad_token_id)
+            self.decode_seconds += time.perf_counter() - started
+        for key, sequence in zip(keys, sequences):
+            self.prefix_cache.store(key, sequence)
+        return [[self._attempt(req, completions[r * params.n + k], len(row.token_ids)) for k in range(params.n)]
+                for r, (req, row) in enumerate(zip(requests, rows))]
 
-    def _prefill(self, text: str, image, image_key: str) -> hf_decode.Prefilled:
-        inputs = self.processor(text=[text], images=[image], return_tensors="pt").to(self.device)
+    def _prefill(self, inputs, image_key: str) -> hf_decode.Prefilled:
         cached, reused = self.prefix_cache.lookup(image_key, inputs["input_ids"][0].tolist())
         row = hf_decode.prefill(self.model, inputs, cached, reused)
         self.prompt_tokens += len(row.token_ids)
@@ -138,6 +140,10 @@ class HFBackend:
         self.prefix_cache.clear()
         self.model = None
         self.processor = None
+
+
+class _UndecodableImage(Exception):
+    pass
 
 
 def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:

@@ -132,6 +132,19 @@ def test_hf_without_kv_reuse_prefills_everything(tiny_model, faces):
         backend.close()
 
 
+def test_hf_reports_an_undecodable_image_on_its_request_and_serves_the_others(tiny_model, mixed_requests):
+    broken = dataclasses.replace(mixed_requests[1], image=b"not an image")
+    requests = [mixed_requests[0], broken, mixed_requests[2]]
+    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf"))
+    try:
+        results = backend.generate(requests, SamplingParams(max_new_tokens=4))
+    finally:
+        backend.close()
+    assert_one_result_per_request(requests, results)
+    assert results[1][0].error.startswith("image_undecodable:") and results[1][0].completion == ""
+    assert all(r[0].error is None and r[0].completion_tokens > 0 for r in (results[0], results[2]))
+
+
 def test_hf_runs_in_the_dtype_asked_for_with_kept_kv_and_sampling(tiny_model, faces):
     """bfloat16, the GPU default, on CPU: the model is loaded in it, retries reuse the kept KV and
     n > 1 sampling works (`model.dtype` reaches the backend through `create`)."""
