@@ -211,7 +211,7 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
                     attention_mask=mask, past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1]
     completions = _completions(steps, eos_ids, batch)
-    return completions, _first_completion_kv(cache, rows, completions[::n], width, len(steps))
+    return completions, _first_completion_kv(cache, rows, completions[::n], n, width, len(steps))
 
 
 class FilledPartLayer(StaticLayer):
@@ -252,11 +252,10 @@ def _completions(steps: list[torch.Tensor], eos_ids: set[int], batch: int) -> li
     return out
 
 
-def _first_completion_kv(cache, rows: list[Prefilled], firsts: list[Decoded], width: int,
+def _first_completion_kv(cache, rows: list[Prefilled], firsts: list[Decoded], n: int, width: int,
                         steps: int) -> list[CachedSequence]:
     """Per row, prompt + first completion as far as its KV was computed (the last decoded token is
-    never fed back), cut out of the padded buffer."""
-    n = len(cache.layers[0].keys) // len(rows)
+    never fed back), cut out of the padded buffer (row r's n completions are buffer rows r*n...)."""
     kept = []
     for r, (row, first) in enumerate(zip(rows, firsts)):
         fed = min(len(first.token_ids), steps - 1)
