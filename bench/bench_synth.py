@@ -126,6 +126,11 @@ def first_prompts(faces: Path, n: int) -> list:
     return [make_request(s, 0, hint=True) for s in common.load_samples(faces, limit=n)]
 
 
+def _bare_rates(samples: int, tokens: int, seconds: float) -> dict[str, Any]:
+    return {"samples": samples, "generated_tokens": tokens, "seconds": seconds, "samples_per_s": samples / seconds,
+            "tokens_per_s": tokens / seconds}
+
+
 def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
     """Batched transformers generate over the prompts, timed from encoded image bytes to token ids."""
     import io
@@ -156,8 +161,7 @@ def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) ->
                                    cache_implementation="static")  # preallocated: the fastest generate setting here
             tokens += _count_until_eos(out[:, inputs["input_ids"].shape[1]:].tolist(), llm.generation_config)
         seconds = time.perf_counter() - t0
-        return {"samples": len(requests), "generated_tokens": tokens, "seconds": seconds,
-                "samples_per_s": len(requests) / seconds, "tokens_per_s": tokens / seconds}
+        return _bare_rates(len(requests), tokens, seconds)
 
     return once
 
@@ -178,8 +182,7 @@ def bare_hf_backend(model: str, requests: list, max_new_tokens: int, batch_size:
         tokens = sum(a[0].completion_tokens for start in range(0, len(requests), batch_size)
                      for a in backend.generate(requests[start:start + batch_size], params))
         seconds = time.perf_counter() - t0
-        return {"samples": len(requests), "generated_tokens": tokens, "seconds": seconds,
-                "samples_per_s": len(requests) / seconds, "tokens_per_s": tokens / seconds}
+        return _bare_rates(len(requests), tokens, seconds)
 
     return once
 
@@ -223,8 +226,7 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - t0
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-        return {"samples": len(requests), "generated_tokens": tokens, "seconds": seconds,
-                "samples_per_s": len(requests) / seconds, "tokens_per_s": tokens / seconds}
+        return _bare_rates(len(requests), tokens, seconds)
 
     once.llm = llm  # kept alive by the caller while the engine runs (idle)
     return once
