@@ -13,9 +13,11 @@ Decoding then runs on all rows at once: each row's cache is copied right-aligned
 buffer (left padding masked out), every row advances one token a step, and a row stops at its first
 end-of-sequence token. Greedy rows equal `generate`'s; sampling is temperature and top-p.
 
-With a padding mask, transformers' SDPA path copies every key and value head once per query head
-that shares it (grouped-query attention), at every decode step: at 16 rows of 2,800 cached tokens
-that copy cost 5x the attention itself. `ATTENTION` decodes without the copy.
+A decode step (`decode_step`) runs the model's own modules directly: through the model's forward, a
+one-token step on CPU spent as long building masks, cache objects and output records as computing.
+With a padding mask, transformers' SDPA path also copies every key and value head once per query
+head that shares it (grouped-query attention): at 16 rows of 2,800 cached tokens that copy cost 5x
+the attention itself. `grouped_decode_attention` reads each head in place.
 """
 from __future__ import annotations
 
@@ -23,38 +25,37 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from transformers import AttentionInterface, Cache, DynamicCache
-from transformers.cache_utils import StaticLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import DynamicCache
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-# The attention implementation the hf backend registers and sets on its model.
-ATTENTION = "fea_grouped_decode"
+# Model types whose text decoder `decode_step` runs (Qwen2-VL's structure and M-RoPE positions).
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
-def grouped_decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """One query token per row against a masked cache, each key/value head serving its group of query
-    heads in place (no repeated copy); anything else goes to transformers' SDPA path."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.shape[2] != 1 or attention_mask is None or groups == 1 or dropout:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    batch, heads, _, head_dim = query.shape
-    kv_heads = key.shape[1]
-    scale = scaling if scaling is not None else head_dim ** -0.5
-    # [batch, kv_heads, group, head_dim] @ [batch, kv_heads, head_dim, kv] -> one score row per query head
-    scores = torch.matmul(query.view(batch, kv_heads, groups, head_dim), key.transpose(-1, -2)).float() * scale
-    if attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask[:, :, -1:, :], float("-inf"))
-    else:
-        scores = scores + attention_mask[:, :, -1:, :]
-    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
-    return out.reshape(batch, heads, 1, head_dim).transpose(1, 2), None
+def check_supported(config) -> None:
+    """Refuse models that `prefill`/`decode` would run wrongly: other architectures, and sliding-window
+    layers (decoding builds one full-attention mask for every layer)."""
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"the hf backend serves the Qwen2-VL family ({', '.join(SUPPORTED_MODEL_TYPES)}), "
+                         f"not {config.model_type!r} (use the vllm backend)")
+    layer_types = set(getattr(config.get_text_config(), "layer_types", None) or ["full_attention"])
+    if layer_types != {"full_attention"}:
+        raise ValueError(f"the hf backend decodes full-attention models only; this one has {sorted(layer_types)} "
+                         "layers (use the vllm backend)")
 
 
-def register_attention() -> None:
-    AttentionInterface.register(ATTENTION, grouped_decode_attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+def grouped_decode_attention(query, keys, values, allowed, scaling: float) -> torch.Tensor:
+    """One query token per row ([batch, heads, 1, dim]) against its cached keys and values ([batch,
+    kv_heads, len, dim]; positions where `allowed` [batch, 1, 1, len] is False left out). Each key/value
+    head serves its group of query heads in place, where SDPA would first copy it once per query head.
+    Returns [batch, 1, heads, dim]."""
+    batch, heads, _, dim = query.shape
+    kv_heads = keys.shape[1]
+    # [batch, kv_heads, group, dim] @ [batch, kv_heads, dim, len] -> one score row per query head
+    scores = torch.matmul(query.view(batch, kv_heads, heads // kv_heads, dim), keys.transpose(-1, -2)).float()
+    scores = (scores * scaling).masked_fill(~allowed, float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2)
 
 
 @dataclass
@@ -176,29 +177,14 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
 
     Also returns, per row, its prompt and first completion with their KV, for the prefix cache."""
     device = rows[0].last_logits.device
-    width = max(len(r.token_ids) for r in rows)
-    batch = len(rows) * n
-    layers = len(rows[0].keys)
-    cache = Cache(layers=[FilledPartLayer(width + max_new_tokens) for _ in range(layers)])
-    kv_heads, head_dim = rows[0].keys[0].shape[0], rows[0].keys[0].shape[-1]
-    cache.early_initialization(batch, kv_heads, head_dim, rows[0].keys[0].dtype, device)
-    mask = torch.ones(batch, width + max_new_tokens, dtype=torch.long, device=device)
-    for r, row in enumerate(rows):
-        start = width - len(row.token_ids)
-        mask[r * n:(r + 1) * n, :start] = 0
-        for layer in range(layers):
-            cache.layers[layer].keys[r * n:(r + 1) * n, :, start:width] = row.keys[layer]
-            cache.layers[layer].values[r * n:(r + 1) * n, :, start:width] = row.values[layer]
-    for layer in cache.layers:
-        layer.cumulative_length.fill_(width)
-
+    cache = DecodeCache(rows, n, max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     blocked = torch.tensor(blocked_ids, dtype=torch.long, device=device)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
     logits = torch.stack([row.last_logits for row in rows]).repeat_interleave(n, dim=0)
     # text position of each row's next token: prompt length + the image's offset
     position = torch.tensor([len(r.token_ids) + r.rope_delta for r in rows], device=device).repeat_interleave(n)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    done = torch.zeros(cache.batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         token = _choose(logits, blocked, temperature, top_p, generator)
@@ -207,24 +193,71 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
         done |= torch.isin(token, eos)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        out = model(input_ids=token[:, None], position_ids=(position + step).view(1, batch, 1).expand(3, -1, -1),
-                    attention_mask=mask, past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]
-    completions = _completions(steps, eos_ids, batch)
-    return completions, _first_completion_kv(cache, rows, completions[::n], n, width, len(steps))
+        logits = decode_step(model, token, position + step, cache, column=cache.width + step)
+    completions = _completions(steps, eos_ids, cache.batch)
+    return completions, cache.first_completions(rows, completions[::n], len(steps))
 
 
-class FilledPartLayer(StaticLayer):
-    """A preallocated cache layer (no copy of the whole cache per step, unlike a growing one) that gives
-    attention only its filled part: the room kept for tokens not decoded yet is not read."""
+class DecodeCache:
+    """Per layer, preallocated keys and values [rows * n, kv_heads, columns, head_dim]: each prompt's KV
+    right-aligned to the longest prompt (`width`), then one column per decode step, the same for every
+    row; `allowed` masks each row's left padding. (A growing cache would be copied whole every step.)"""
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        keys, values = super().update(key_states, value_states, *args, **kwargs)
-        filled = int(self.cumulative_length)
-        return keys[:, :, :filled], values[:, :, :filled]
+    def __init__(self, rows: list[Prefilled], n: int, max_new_tokens: int) -> None:
+        first = rows[0].keys[0]
+        self.n, self.width = n, max(len(r.token_ids) for r in rows)
+        self.batch = len(rows) * n
+        shape = (self.batch, first.shape[0], self.width + max_new_tokens, first.shape[-1])
+        # zeros, not empty: a padded position's value gets a zero weight, and 0 * NaN would be NaN
+        self.keys = [torch.zeros(shape, dtype=first.dtype, device=first.device) for _ in rows[0].keys]
+        self.values = [torch.zeros(shape, dtype=first.dtype, device=first.device) for _ in rows[0].keys]
+        self.allowed = torch.ones(self.batch, 1, 1, shape[2], dtype=torch.bool, device=first.device)
+        for r, row in enumerate(rows):
+            start, span = self.width - len(row.token_ids), slice(r * n, (r + 1) * n)
+            self.allowed[span, ..., :start] = False
+            for layer, (k, v) in enumerate(zip(row.keys, row.values)):
+                self.keys[layer][span, :, start:self.width] = k
+                self.values[layer][span, :, start:self.width] = v
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return int(self.cumulative_length) + query_length, 0
+    def first_completions(self, rows: list[Prefilled], firsts: list[Decoded], steps: int) -> list[CachedSequence]:
+        """Per row, prompt + first completion as far as its KV was computed (the last decoded token is
+        never fed back), cut out of the padded buffers (row r's n completions are buffer rows r*n...)."""
+        kept = []
+        for r, (row, first) in enumerate(zip(rows, firsts)):
+            fed = min(len(first.token_ids), steps - 1)
+            start, end = self.width - len(row.token_ids), self.width + fed
+            kept.append(CachedSequence(
+                token_ids=row.token_ids + first.token_ids[:fed],
+                keys=[k[r * self.n, :, start:end].clone() for k in self.keys],
+                values=[v[r * self.n, :, start:end].clone() for v in self.values],
+                rope_delta=row.rope_delta, image_end=row.image_end))
+        return kept
+
+
+def decode_step(model, token: torch.Tensor, position: torch.Tensor, cache: DecodeCache, column: int) -> torch.Tensor:
+    """One token per row through the text decoder, its KV written at `column`: the next-token logits.
+
+    The model's own modules and arithmetic, as in its forward, without what a one-token step does not
+    need (mask building, cache objects, output records): on CPU those cost as much as the rest of a
+    short step. Text tokens have one position on all three M-RoPE axes."""
+    text = model.model.language_model
+    batch = token.shape[0]
+    hidden = text.embed_tokens(token[:, None])
+    cos, sin = text.rotary_emb(hidden, position.view(1, batch, 1).expand(3, -1, -1))
+    allowed = cache.allowed[..., :column + 1]
+    for layer, keys, values in zip(text.layers, cache.keys, cache.values):
+        attention = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        q, k, v = (proj(x).view(batch, 1, -1, attention.head_dim).transpose(1, 2)
+                   for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys[:, :, column] = k[:, :, 0]
+        values[:, :, column] = v[:, :, 0]
+        out = grouped_decode_attention(q, keys[:, :, :column + 1], values[:, :, :column + 1], allowed,
+                                       attention.scaling)
+        hidden = hidden + attention.o_proj(out.reshape(batch, 1, -1))
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+    return model.lm_head(text.norm(hidden))[:, -1]
 
 
 def _choose(logits: torch.Tensor, blocked: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
@@ -250,19 +283,3 @@ def _completions(steps: list[torch.Tensor], eos_ids: set[int], batch: int) -> li
         stop = next((k for k, t in enumerate(row) if t in eos_ids), None)
         out.append(Decoded(row if stop is None else row[:stop + 1], stop is not None))
     return out
-
-
-def _first_completion_kv(cache, rows: list[Prefilled], firsts: list[Decoded], n: int, width: int,
-                        steps: int) -> list[CachedSequence]:
-    """Per row, prompt + first completion as far as its KV was computed (the last decoded token is
-    never fed back), cut out of the padded buffer (row r's n completions are buffer rows r*n...)."""
-    kept = []
-    for r, (row, first) in enumerate(zip(rows, firsts)):
-        fed = min(len(first.token_ids), steps - 1)
-        start, end = width - len(row.token_ids), width + fed
-        kept.append(CachedSequence(
-            token_ids=row.token_ids + first.token_ids[:fed],
-            keys=[layer.keys[r * n, :, start:end].clone() for layer in cache.layers],
-            values=[layer.values[r * n, :, start:end].clone() for layer in cache.layers],
-            rope_delta=row.rope_delta, image_end=row.image_end))
-    return kept

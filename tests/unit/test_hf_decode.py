@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from engine.backends.hf_decode import CachedSequence, PrefixCache, _choose, grouped_decode_attention
+from engine.backends.hf_decode import CachedSequence, PrefixCache, _choose, check_supported, grouped_decode_attention
 
 
 def sequence(token_ids, image_end=2, width=4):
@@ -48,8 +48,7 @@ def test_least_recently_used_sequences_go_first_when_the_budget_is_full():
     assert cache.lookup("huge", [0, 1, 2, 3]) == (None, 0) and len(cache) == 2
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
-def test_grouped_decode_attention_equals_sdpa_with_repeated_heads(mask_dtype):
+def test_grouped_decode_attention_equals_sdpa_with_repeated_heads():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     torch.manual_seed(0)
@@ -60,9 +59,8 @@ def test_grouped_decode_attention_equals_sdpa_with_repeated_heads(mask_dtype):
     allowed = torch.ones(batch, 1, 1, kv_len, dtype=torch.bool)
     allowed[0, ..., :10] = False  # left padding of different widths
     allowed[2, ..., :3] = False
-    mask = allowed if mask_dtype == torch.bool else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
-    ours, _ = grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
-    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    ours = grouped_decode_attention(query, key, value, allowed, scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, query, key, value, allowed, scaling=0.3)
     assert ours.shape == reference.shape == (batch, 1, heads, dim)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
@@ -81,3 +79,15 @@ def test_choose_with_a_small_top_p_keeps_only_the_most_likely_token():
     generator = torch.Generator().manual_seed(0)
     picks = {int(_choose(logits.clone(), torch.tensor([], dtype=torch.long), 1.0, 0.05, generator)) for _ in range(100)}
     assert picks == {1}
+
+
+def test_models_the_decoder_does_not_follow_are_refused():
+    from transformers import LlavaConfig, Qwen2_5_VLConfig
+
+    check_supported(Qwen2_5_VLConfig(text_config=dict(num_hidden_layers=4)))
+    sliding = Qwen2_5_VLConfig(text_config=dict(num_hidden_layers=4, use_sliding_window=True, max_window_layers=2,
+                                                 sliding_window=64))
+    with pytest.raises(ValueError, match="full-attention models only"):
+        check_supported(sliding)
+    with pytest.raises(ValueError, match="Qwen2-VL family"):
+        check_supported(LlavaConfig())
