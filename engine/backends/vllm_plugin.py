@@ -10,8 +10,9 @@ core, ran only 1.3x as fast as one.
 With `FEA_VLLM_POLL_SLEEP_US=N` (the vllm backend sets 500 on CPU unless the user has set it), the
 loop sleeps N microseconds between polls instead: a step may start up to that much later, against
 tens of milliseconds for a decode step on CPU. In the synthesis bench on 2 cores, 500 was fastest
-with 2 generators (100: 16% slower, 1,000 and 2,000: 4-7%), and 300 and 500 were alike with one. Waiting on the queue's notification socket instead was tried and lost wake-ups (the engine
-hung). vLLM 0.32 has no setting for this.
+with 2 generators (100: 16% slower, 1,000 and 2,000: 4-7%), and 300 and 500 were alike with one.
+Waiting on the queue's notification socket instead was tried and lost wake-ups (the engine hung).
+vLLM 0.32 has no setting for this.
 """
 from __future__ import annotations
 
