@@ -37,7 +37,7 @@ def _prepare_environment() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
-        os.environ.setdefault(vllm_plugin.ENV, "500")  # vLLM's processes poll each other less often
+        os.environ.setdefault(vllm_plugin.ENV, vllm_plugin.CPU_DEFAULT_US)  # vLLM's processes poll each other less often
         if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # Ray gives an actor OMP_NUM_THREADS = the CPUs it reserved
             cores = claim_cpu_cores(int(os.environ.get("OMP_NUM_THREADS") or 1))

@@ -20,6 +20,7 @@ import os
 import time
 
 ENV = "FEA_VLLM_POLL_SLEEP_US"
+CPU_DEFAULT_US = "500"  # what the vllm backend sets on CPU
 
 
 def register() -> None:
