@@ -201,12 +201,8 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
     """vLLM LLM.generate on all prompts at once (vLLM's own scheduling; its default max_num_seqs)."""
     import io
 
-    from engine.backends import vllm_plugin
-
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    # vLLM's processes poll each other as the engine's generators do, so the ratio is the pipeline's cost
-    os.environ.setdefault(vllm_plugin.ENV, vllm_plugin.CPU_DEFAULT_US)
     from PIL import Image
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
@@ -240,8 +236,6 @@ EFFICIENCY_PARTITION_SIZE = 64  # SynthConfig's default
 
 
 def part_efficiency(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
-    from engine.backends import vllm_plugin
-
     faces = common.face_set(args.efficiency_samples)
     requests = first_prompts(faces, args.efficiency_samples)
     rows, ratios, notes = [], [], []
@@ -279,9 +273,7 @@ def part_efficiency(args, model: str) -> tuple[list[dict], list[dict], list[str]
                  f"{args.batch_size}, fp32, {args.threads} torch thread(s), timed from image bytes to token ids. Bare hf "
                  "backend: the engine's hf backend (its own prefill and batched decoding) called in this process in "
                  "the same batches, its KV kept for retries emptied before each call. Bare vllm: one "
-                 f"LLM.generate over all prompts, vLLM defaults otherwise ({BARE_VLLM_KWARGS}), its processes pausing "
-                 f"{vllm_plugin.CPU_DEFAULT_US} us between polls as the engine's vllm generators do on CPU "
-                 "(FEA_VLLM_POLL_SLEEP_US). Engine: run_synth "
+                 f"LLM.generate over all prompts, vLLM defaults otherwise ({BARE_VLLM_KWARGS}). Engine: run_synth "
                  f"with max_retries 0, 1 generator actor with {args.threads} CPU(s), batch_size {args.batch_size}, "
                  f"partition_size {EFFICIENCY_PARTITION_SIZE}; steady rate (start-up excluded). A warm-up call of the bare "
                  "backend is not counted, and vLLM's prefix cache is emptied before each bare call (the engine starts "

@@ -19,7 +19,6 @@ import threading
 import uuid
 from typing import Any, Coroutine
 
-from engine.backends import vllm_plugin
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
 from engine.types import Attempt, GenerationRequest, SamplingParams, sha256_hex
 
@@ -37,7 +36,6 @@ def _prepare_environment() -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB
-        os.environ.setdefault(vllm_plugin.ENV, vllm_plugin.CPU_DEFAULT_US)  # vLLM's processes poll each other less often
         if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # Ray gives an actor OMP_NUM_THREADS = the CPUs it reserved
             cores = claim_cpu_cores(int(os.environ.get("OMP_NUM_THREADS") or 1))
