@@ -124,8 +124,9 @@ class HFBackend:
                 for r, (req, row) in enumerate(zip(requests, rows))]
 
     def _prefill(self, inputs, image_key: str) -> hf_decode.Prefilled:
-        cached, reused = self.prefix_cache.lookup(image_key, inputs["input_ids"][0].tolist())
-        row = hf_decode.prefill(self.model, inputs, cached, reused)
+        token_ids = inputs["input_ids"][0].tolist()
+        cached, reused = self.prefix_cache.lookup(image_key, token_ids)
+        row = hf_decode.prefill(self.model, inputs, token_ids, cached, reused)
         self.prompt_tokens += len(row.token_ids)
         self.reused_tokens += reused
         return row

@@ -135,11 +135,11 @@ class Prefilled:
     reused_tokens: int
 
 
-def prefill(model, inputs: dict[str, torch.Tensor], cached: CachedSequence | None, reused: int) -> Prefilled:
-    """Run one prompt (processor outputs for a single row, no padding) through the model, starting
-    after the `reused` tokens whose KV `cached` holds."""
+def prefill(model, inputs: dict[str, torch.Tensor], token_ids: list[int], cached: CachedSequence | None,
+            reused: int) -> Prefilled:
+    """Run one prompt (processor outputs for a single row, no padding; `token_ids` its input ids as a
+    list) through the model, starting after the `reused` tokens whose KV `cached` holds."""
     ids = inputs["input_ids"]
-    token_ids = ids[0].tolist()
     cache = DynamicCache()
     if cached is None:
         positions, deltas = model.model.get_rope_index(
