@@ -30,24 +30,27 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from engine.config import GenerationConfig  # noqa: E402
 
 PART_ITEMS = {"throughput": "item 1", "efficiency": "item 2", "scaling": "item 3",
               "anatomy": "where hf generation time goes", "retries": "what a retry costs in the hf backend"}
 MAX_MODEL_LEN = 4096  # retries grow the prompt: attempt 6 carries five earlier completions
 BARE_VLLM_KWARGS = dict(max_model_len=MAX_MODEL_LEN, enforce_eager=True, limit_mm_per_prompt={"image": 1, "video": 0},
                         seed=0, dtype="bfloat16")
+DECODE_CACHE_MB = GenerationConfig.model_fields["decode_cache_mb"].default
 
 
 # ---------------------------------------------------------------- engine runs
 def synth_config(faces: Path, model: str, out: Path, *, backend: str, policy: str, max_new_tokens: int,
                  max_retries: int, generators: int = 1, generator_num_cpus: float = 1.0,
-                 batch_size: int = 16, partition_size: int = 16):
-    from engine.config import GenerationConfig, ModelConfig, SynthConfig, VerifierConfig
+                 batch_size: int = 16, partition_size: int = 16,
+                 decode_cache_mb: int = DECODE_CACHE_MB):
+    from engine.config import ModelConfig, SynthConfig, VerifierConfig
 
     return SynthConfig(
         input=str(faces / "samples.jsonl"), image_root=str(faces), out=str(out), model=ModelConfig(path=model),
         generation=GenerationConfig(backend=backend, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    max_model_len=MAX_MODEL_LEN),
+                                    max_model_len=MAX_MODEL_LEN, decode_cache_mb=decode_cache_mb),
         verifier=VerifierConfig(policy=policy), generators=generators, generator_num_cpus=generator_num_cpus,
         max_retries=max_retries, partition_size=partition_size, progress="off")
 
@@ -90,7 +93,7 @@ def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]
             cfg = synth_config(faces_cand, model, common.fresh_dir(f"synth-{backend}"), backend=backend,
                                policy=args.policy, max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
                                generators=args.generators, generator_num_cpus=args.threads,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, decode_cache_mb=args.decode_cache_mb)
             cand = run_engine(cfg)
             cand_runs.append(cand)
             rows.append({"part": "throughput", "side": f"fea synth, {args.generators} generator(s)", "backend": backend,
@@ -112,7 +115,8 @@ def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]
              "generate 4-5x slower than 1 thread (0.5-0.6 s vs 2.3-3.9 s per batch of 8 at load 4), so both "
              "sides get the same single thread.",
              f"fea synth: {args.generators} generator actor(s) of {args.threads} CPU(s) each (the baseline has one "
-             f"process), batch_size {args.batch_size}, partition_size 16; rates exclude actor start-up and "
+             f"process), batch_size {args.batch_size}, decode_cache_mb {args.decode_cache_mb} (hf), partition_size 16; "
+             "rates exclude actor start-up and "
              "model load (reported as startup_s); the baseline's exclude its model load.",
              "The random tiny model is almost never accepted, so nearly every sample uses all attempts on both "
              "sides (see accepted/attempts columns): equal work per sample."]
@@ -170,7 +174,6 @@ def bare_hf_backend(model: str, requests: list, max_new_tokens: int, batch_size:
     """The engine's hf backend called in this process, batch by batch: the engine without Ray, filter
     and writer, so that its ratio is the cost of the pipeline around the backend."""
     from engine import backends
-    from engine.config import GenerationConfig
     from engine.types import SamplingParams
 
     backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size))
@@ -290,7 +293,8 @@ def part_scaling(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
         for generators in (1, 2):
             cfg = synth_config(faces, model, common.fresh_dir(f"scale-{generators}"), backend="hf", policy=args.policy,
                                max_new_tokens=args.max_new_tokens, max_retries=args.max_retries,
-                               generators=generators, generator_num_cpus=1.0, batch_size=args.batch_size)
+                               generators=generators, generator_num_cpus=1.0, batch_size=args.batch_size,
+                               decode_cache_mb=args.decode_cache_mb)
             r = run_engine(cfg)
             runs[generators].append(r)
             rows.append({"part": "scaling", "side": f"{generators} generator(s) x 1 CPU", "backend": "hf",
@@ -311,7 +315,6 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     """Where hf generation time goes: the engine's hf backend in this process, batch 1 vs batch 16,
     prefill alone (1 new token) and with 64 / 256 new tokens, attempt-0 prompts."""
     from engine import backends
-    from engine.config import GenerationConfig
     from engine.types import SamplingParams
 
     requests = first_prompts(common.face_set(64), 16)
@@ -347,17 +350,18 @@ def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     them (judge, outcome history): per attempt, prompt tokens, the share whose KV was kept from the
     previous attempt, and the prefill and decode time per row."""
     from engine import backends
-    from engine.config import GenerationConfig, VerifierConfig
+    from engine.config import VerifierConfig
     from engine.facs import label_set_for
     from engine.judge import Gold, judge
     from engine.partition import Outcome
     from engine.prompts import make_request
     from engine.types import SamplingParams
 
-    samples = common.load_samples(common.face_set(64), limit=16)
+    samples = common.load_samples(common.face_set(64), limit=max(16, args.batch_size))
     golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
     outcomes = [Outcome(s) for s in samples]
-    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=16))
+    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=args.batch_size,
+                                                                  decode_cache_mb=args.decode_cache_mb))
     backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))  # warm-up
     backend.prefix_cache.clear()
     rows = []
@@ -399,6 +403,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--max-retries", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--decode-cache-mb", type=int, default=DECODE_CACHE_MB,
+                        help="hf on CPU: MiB of KV per decode batch at most (generation.decode_cache_mb; 0 = no limit)")
     parser.add_argument("--generators", type=int, default=1, help="generator actors in the throughput part")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the baseline/bare process = CPUs per generator actor")

@@ -38,12 +38,14 @@ class HFBackend:
         self.eos_ids: set[int] = set()
         self.device = "cpu"
         self.prefix_cache = hf_decode.PrefixCache(0)
+        self.max_cache_tokens: int | None = None  # per decode batch (`length_groups`)
         # for logs and benches: prompt tokens seen, those served from the prefix cache, time in each
         # phase (prefill includes preparing the inputs: image decoding, chat template, processor)
         self.prompt_tokens = 0
         self.reused_tokens = 0
         self.prefill_seconds = 0.0
         self.decode_seconds = 0.0
+        self.decode_batches = 0
 
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -70,6 +72,8 @@ class HFBackend:
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.batch_size = gen_cfg.batch_size
         self.prefix_cache = hf_decode.PrefixCache(gen_cfg.kv_reuse_mb << 20)
+        if self.device == "cpu" and gen_cfg.decode_cache_mb:
+            self.max_cache_tokens = (gen_cfg.decode_cache_mb << 20) // hf_decode.kv_bytes_per_token(self.model)
         self.model_id = model_fingerprint(model_dir, adapter)
         log.info("hf backend: %s on %s (%s)", self.model_id, self.device, dtype)
 
@@ -85,7 +89,9 @@ class HFBackend:
         self.prefill_seconds += time.perf_counter() - started
         usable = list(inputs)
         lengths = [inputs[i]["input_ids"].shape[1] for i in usable]
-        for group in length_groups(lengths, self.batch_size):
+        max_cache_tokens = self.max_cache_tokens // params.n if self.max_cache_tokens else None
+        for group in length_groups(lengths, self.batch_size, max_cache_tokens=max_cache_tokens,
+                                   new_tokens=params.max_new_tokens):
             indices = [usable[g] for g in group]
             batch = self._generate_batch([requests[i] for i in indices], [inputs[i] for i in indices], params)
             for i, attempts in zip(indices, batch):
@@ -118,6 +124,7 @@ class HFBackend:
                 blocked_ids=[ids[0] for ids in self.bad_words_ids], eos_ids=self.eos_ids,
                 pad_id=self.processor.tokenizer.pad_token_id)
             self.decode_seconds += time.perf_counter() - started
+            self.decode_batches += 1
         for key, sequence in zip(keys, sequences):
             self.prefix_cache.store(key, sequence)
         return [[self._attempt(req, completions[r * params.n + k], len(row.token_ids)) for k in range(params.n)]
@@ -150,12 +157,15 @@ class _UndecodableImage(Exception):
     pass
 
 
-def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING,
+                  max_cache_tokens: int | None = None, new_tokens: int = 0) -> list[list[int]]:
     """Indices of `lengths` cut into generate batches of similar prompt length.
 
     Sorted by length, a batch takes the next prompt while it has fewer than batch_size rows and left
     padding stays at most `max_padding` of its tokens. A retry carries its earlier completions (its
-    prompt is 2-3x an attempt 0's), and a padded position costs as much as a real one in prefill.
+    prompt is 2-3x an attempt 0's), and a padded position costs as much as a real one. A batch whose
+    decode cache, rows x (longest prompt + `new_tokens`), exceeds `max_cache_tokens` is then cut into
+    the fewest near-equal parts that fit (down to one row each).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
@@ -170,7 +180,18 @@ def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_
         else:
             groups.append([i])
             total = lengths[i]
-    return groups
+    if max_cache_tokens is None:
+        return groups
+    return [part for group in groups
+            for part in _split_to_fit(group, lengths[group[-1]] + new_tokens, max_cache_tokens)]
+
+
+def _split_to_fit(group: list[int], row_tokens: int, max_tokens: int) -> list[list[int]]:
+    rows_per_part = max(1, max_tokens // row_tokens)
+    parts = -(-len(group) // rows_per_part)
+    size, extra = divmod(len(group), parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [group[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

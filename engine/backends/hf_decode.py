@@ -45,16 +45,24 @@ def check_supported(config) -> None:
                          "layers (use the vllm backend)")
 
 
-def grouped_decode_attention(query, keys, values, allowed, scaling: float) -> torch.Tensor:
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token adds to the cache, over all layers."""
+    layers = model.model.language_model.layers
+    k_proj = layers[0].self_attn.k_proj
+    return 2 * len(layers) * k_proj.out_features * k_proj.weight.element_size()
+
+
+def grouped_decode_attention(query, keys, values, padding, scaling: float) -> torch.Tensor:
     """One query token per row ([batch, heads, 1, dim]) against its cached keys and values ([batch,
-    kv_heads, len, dim]; positions where `allowed` [batch, 1, 1, len] is False left out). Each key/value
-    head serves its group of query heads in place, where SDPA would first copy it once per query head.
-    Returns [batch, 1, heads, dim]."""
+    kv_heads, len, dim]), `padding` [batch, 1, 1, len] added to the scaled scores (0, or -inf where a
+    position is left out). Each key/value head serves its group of query heads in place, where SDPA
+    would first copy it once per query head. Returns [batch, 1, heads, dim]."""
     batch, heads, _, dim = query.shape
     kv_heads = keys.shape[1]
     # [batch, kv_heads, group, dim] @ [batch, kv_heads, dim, len] -> one score row per query head
     scores = torch.matmul(query.view(batch, kv_heads, heads // kv_heads, dim), keys.transpose(-1, -2)).float()
-    scores = (scores * scaling).masked_fill(~allowed, float("-inf"))
+    # scale and mask in one pass: x * scaling + 0 is x * scaling exactly
+    scores = torch.add(padding, scores, alpha=scaling)
     out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2)
 
@@ -153,11 +161,21 @@ def prefill(model, inputs: dict[str, torch.Tensor], token_ids: list[int], cached
         rope_delta, image_end = cached.rope_delta, cached.image_end
         # after the image every token is text: one position each, offset by the image's delta
         positions = (torch.arange(reused, len(token_ids), device=ids.device) + rope_delta).expand(3, 1, -1)
-        forward = dict(input_ids=ids[:, reused:])
+        forward = dict(input_ids=ids[:, reused:], attention_mask=_tail_mask(reused, len(token_ids), model.dtype, ids.device))
     out = model(**forward, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     keys = [layer.keys[0] for layer in cache.layers]
     values = [layer.values[0] for layer in cache.layers]
     return Prefilled(token_ids, keys, values, out.logits[0, -1], rope_delta, image_end, reused)
+
+
+def _tail_mask(reused: int, total: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The causal mask of a prompt's tail after `reused` cached tokens, [1, 1, tail, total], additive
+    (-inf above the diagonal). Given ready and as a float, it is neither built by transformers nor
+    converted from booleans by SDPA in every layer."""
+    tail = total - reused
+    mask = torch.zeros((tail, total), dtype=dtype, device=device)
+    mask[:, reused:] = torch.full((tail, tail), float("-inf"), dtype=dtype, device=device).triu_(1)
+    return mask[None, None]
 
 
 def _image_end(model, token_ids: list[int]) -> int:
@@ -185,6 +203,7 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
     logits = torch.stack([row.last_logits for row in rows]).repeat_interleave(n, dim=0)
     # text position of each row's next token: prompt length + the image's offset
     position = torch.tensor([len(r.token_ids) + r.rope_delta for r in rows], device=device).repeat_interleave(n)
+    cos, sin = rotary_table(model, position, max_new_tokens)
     done = torch.zeros(cache.batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
     for step in range(max_new_tokens):
@@ -194,7 +213,8 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
         done |= torch.isin(token, eos)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        logits = decode_step(model, token, position + step, cache, column=cache.width + step)
+        logits = decode_step(model, token, (cos[:, step:step + 1], sin[:, step:step + 1]), cache,
+                             column=cache.width + step)
     completions = _completions(steps, eos_ids, cache.batch)
     return completions, cache.first_completions(rows, completions[::n], len(steps))
 
@@ -202,7 +222,7 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
 class DecodeCache:
     """Per layer, preallocated keys and values [rows * n, kv_heads, columns, head_dim]: each prompt's KV
     right-aligned to the longest prompt (`width`), then one column per decode step, the same for every
-    row; `allowed` masks each row's left padding. (A growing cache would be copied whole every step.)"""
+    row; `padding` (-inf there, else 0) masks each row's left padding. (A growing cache would be copied whole every step.)"""
 
     def __init__(self, rows: list[Prefilled], n: int, max_new_tokens: int) -> None:
         first = rows[0].keys[0]
@@ -212,10 +232,10 @@ class DecodeCache:
         # zeros, not empty: a padded position's value gets a zero weight, and 0 * NaN would be NaN
         self.keys = [torch.zeros(shape, dtype=first.dtype, device=first.device) for _ in rows[0].keys]
         self.values = [torch.zeros(shape, dtype=first.dtype, device=first.device) for _ in rows[0].keys]
-        self.allowed = torch.ones(self.batch, 1, 1, shape[2], dtype=torch.bool, device=first.device)
+        self.padding = torch.zeros(self.batch, 1, 1, shape[2], dtype=torch.float32, device=first.device)
         for r, row in enumerate(rows):
             start, span = self.width - len(row.token_ids), slice(r * n, (r + 1) * n)
-            self.allowed[span, ..., :start] = False
+            self.padding[span, ..., :start] = float("-inf")
             for layer, (k, v) in enumerate(zip(row.keys, row.values)):
                 self.keys[layer][span, :, start:self.width] = k
                 self.values[layer][span, :, start:self.width] = v
@@ -235,17 +255,29 @@ class DecodeCache:
         return kept
 
 
-def decode_step(model, token: torch.Tensor, position: torch.Tensor, cache: DecodeCache, column: int) -> torch.Tensor:
+def rotary_table(model, first_position: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary cos and sin ([rows, steps, dim]) of each row's next `steps` text positions, from
+    `first_position` [rows] on: computed once per decode instead of once per step (the same values:
+    each is one product of a frequency and a position). Text tokens have one position on all three
+    M-RoPE axes."""
+    positions = first_position[:, None] + torch.arange(steps, device=first_position.device)
+    text = model.model.language_model
+    # its first argument only gives the dtype and device of the result
+    return text.rotary_emb(text.embed_tokens.weight, positions.expand(3, -1, -1))
+
+
+def decode_step(model, token: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], cache: DecodeCache,
+                column: int) -> torch.Tensor:
     """One token per row through the text decoder, its KV written at `column`: the next-token logits.
+    `rotary`: the cos and sin of each row's position ([rows, 1, dim], from `rotary_table`).
 
     The model's own modules and arithmetic, in its forward's order (greedy tokens equal `generate`'s),
-    without what a one-token step does not need: mask building, cache objects, output records. Text
-    tokens have one position on all three M-RoPE axes."""
+    without what a one-token step does not need: mask building, cache objects, output records."""
     text = model.model.language_model
     batch = token.shape[0]
     hidden = text.embed_tokens(token[:, None])
-    cos, sin = text.rotary_emb(hidden, position.view(1, batch, 1).expand(3, -1, -1))
-    allowed = cache.allowed[..., :column + 1]
+    cos, sin = rotary
+    padding = cache.padding[..., :column + 1]
     for layer, keys, values in zip(text.layers, cache.keys, cache.values):
         attention = layer.self_attn
         x = layer.input_layernorm(hidden)
@@ -254,7 +286,7 @@ def decode_step(model, token: torch.Tensor, position: torch.Tensor, cache: Decod
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         keys[:, :, column] = k[:, :, 0]
         values[:, :, column] = v[:, :, 0]
-        out = grouped_decode_attention(q, keys[:, :, :column + 1], values[:, :, :column + 1], allowed,
+        out = grouped_decode_attention(q, keys[:, :, :column + 1], values[:, :, :column + 1], padding,
                                        attention.scaling)
         hidden = hidden + attention.o_proj(out.reshape(batch, 1, -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))

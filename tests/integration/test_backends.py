@@ -99,6 +99,28 @@ def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_m
         backend.close()
 
 
+def test_hf_decode_cache_budget_cuts_batches_without_changing_tokens(tiny_model, mixed_requests):
+    """generation.decode_cache_mb bounds the KV one decode batch holds: at 1 MiB every row of the tiny
+    model (1 KiB of fp32 KV per token, 700-2,700-token prompts) decodes alone, with the same tokens."""
+    from engine.backends import hf_decode
+
+    params = SamplingParams(max_new_tokens=16)
+    runs = {}
+    for mb in (0, 1):
+        backend = backends.create("hf", str(tiny_model), None,
+                                  GenerationConfig(backend="hf", batch_size=6, decode_cache_mb=mb))
+        try:
+            results = backend.generate(mixed_requests, params)
+            runs[mb] = ([a[0].completion for a in results], backend.decode_batches)
+            kept = backend.prefix_cache._entries.values()
+            assert all(seq.nbytes == hf_decode.kv_bytes_per_token(backend.model) * seq.keys[0].shape[1] for seq in kept)
+        finally:
+            backend.close()
+    assert runs[0][1] == 2  # attempt-0 prompts and retries
+    assert runs[1][1] == len(mixed_requests)
+    assert runs[1][0] == runs[0][0]
+
+
 def test_hf_retry_prefills_only_its_new_turn_and_still_equals_plain_generate(tiny_model, faces, plain_generate):
     """A retry repeats its sample's previous prompt and completion: the backend serves that prefix from
     the KV it kept, and the completion is the one a full prefill gives."""

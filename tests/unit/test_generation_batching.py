@@ -34,6 +34,29 @@ def test_similar_lengths_fill_whole_batches():
     assert [len(g) for g in length_groups(lengths, 16)] == [16, 16, 8]
 
 
+@given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=80),
+       st.integers(min_value=1, max_value=32), st.integers(min_value=500, max_value=60_000))
+def test_length_groups_keep_each_decode_cache_within_its_budget(lengths, batch_size, max_cache_tokens):
+    new_tokens = 256
+    capped = length_groups(lengths, batch_size, max_cache_tokens=max_cache_tokens, new_tokens=new_tokens)
+    assert sorted(i for group in capped for i in group) == list(range(len(lengths)))
+    for group in capped:
+        longest = max(lengths[i] for i in group)
+        assert len(group) == 1 or len(group) * (longest + new_tokens) <= max_cache_tokens
+    # the budget only cuts the uncapped batches further, into near-equal consecutive parts
+    for group in length_groups(lengths, batch_size):
+        parts = [part for part in capped if part[0] in group]
+        assert [i for part in parts for i in part] == group
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_long_retries_are_cut_into_halves_that_fit_the_budget():
+    lengths = [3086] * 16  # attempt-5 prompts: 16 rows x 3,342 cache tokens is 52 MiB of fp32 KV here
+    groups = length_groups(lengths, 16, max_cache_tokens=48 * 1024, new_tokens=256)
+    assert [len(g) for g in groups] == [8, 8]
+    assert [len(g) for g in length_groups([693] * 16, 16, max_cache_tokens=48 * 1024, new_tokens=256)] == [16]
+
+
 def synth(**generation) -> SynthConfig:
     return SynthConfig.model_validate({"inflight_batches_per_generator": 2, "generation": generation})
 

@@ -59,7 +59,8 @@ def test_grouped_decode_attention_equals_sdpa_with_repeated_heads():
     allowed = torch.ones(batch, 1, 1, kv_len, dtype=torch.bool)
     allowed[0, ..., :10] = False  # left padding of different widths
     allowed[2, ..., :3] = False
-    ours = grouped_decode_attention(query, key, value, allowed, scaling=0.3)
+    padding = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    ours = grouped_decode_attention(query, key, value, padding, scaling=0.3)
     reference, _ = sdpa_attention_forward(module, query, key, value, allowed, scaling=0.3)
     assert ours.shape == reference.shape == (batch, 1, heads, dim)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
