@@ -9,6 +9,9 @@ Parts (`--part`, default all):
   transformers generate / vLLM LLM.generate, no Ray, filter or writer) against run_synth with
   max_retries 0; ratio of generated tokens/s.
 - scaling: run_synth (hf) with 1 and 2 generator actors of one CPU each.
+- anatomy, retries: where the hf backend's time goes, per phase and per attempt.
+- decode-cache: the hf backend's bound on a decode batch's KV (generation.decode_cache_mb) off and
+  on, alternating, in one process or several at once (`--processes`).
 
 Tokens: nothing forces a length. Both sides decode greedily from the same random model, which almost
 never emits end-of-sequence, so nearly every attempt runs to max_new_tokens on both sides; the token
@@ -33,11 +36,13 @@ from bench import common  # noqa: E402
 from engine.config import GenerationConfig  # noqa: E402
 
 PART_ITEMS = {"throughput": "item 1", "efficiency": "item 2", "scaling": "item 3",
-              "anatomy": "where hf generation time goes", "retries": "what a retry costs in the hf backend"}
+              "anatomy": "where hf generation time goes", "retries": "what a retry costs in the hf backend",
+              "decode-cache": "the hf backend's bound on a decode batch's KV"}
 MAX_MODEL_LEN = 4096  # retries grow the prompt: attempt 6 carries five earlier completions
 BARE_VLLM_KWARGS = dict(max_model_len=MAX_MODEL_LEN, enforce_eager=True, limit_mm_per_prompt={"image": 1, "video": 0},
                         seed=0, dtype="bfloat16")
 DECODE_CACHE_MB = GenerationConfig.model_fields["decode_cache_mb"].default
+DECODE_CACHE_TRIED_MB = 48  # the decode-cache part's bound when --decode-cache-mb leaves it off
 
 
 # ---------------------------------------------------------------- engine runs
@@ -345,44 +350,64 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     return rows, ratios, notes
 
 
-def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
-    """A batch of 16 samples through all six attempts, the retry prompts built as the engine builds
-    them (judge, outcome history): per attempt, prompt tokens, the share whose KV was kept from the
-    previous attempt, and the prefill and decode time per row."""
+def retries_setup(model: str, batch_size: int, decode_cache_mb: int):
+    """The engine's hf backend in this process and the samples of one batch with their gold labels."""
     from engine import backends
-    from engine.config import VerifierConfig
     from engine.facs import label_set_for
-    from engine.judge import Gold, judge
+    from engine.judge import Gold
+
+    samples = common.load_samples(common.face_set(64), limit=max(16, batch_size))
+    golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
+    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size,
+                                                                  decode_cache_mb=decode_cache_mb))
+    return backend, samples, golds
+
+
+def run_attempts(backend, samples, golds, *, attempts: int, max_new_tokens: int, policy: str):
+    """All attempts of the samples, each retry prompt built as the engine builds it (judge, outcome
+    history): per attempt, its requests, results and the backend's counters before and after."""
+    from engine.config import VerifierConfig
+    from engine.judge import judge
     from engine.partition import Outcome
     from engine.prompts import make_request
     from engine.types import SamplingParams
 
-    samples = common.load_samples(common.face_set(64), limit=max(16, args.batch_size))
-    golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
     outcomes = [Outcome(s) for s in samples]
-    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=args.batch_size,
-                                                                  decode_cache_mb=args.decode_cache_mb))
+    counters = ("prompt_tokens", "reused_tokens", "prefill_seconds", "decode_seconds")
+    for attempt in range(attempts):
+        requests = [make_request(o.sample, attempt, hint=True, history=o.history()) for o in outcomes]
+        before = {name: getattr(backend, name) for name in counters}
+        out = backend.generate(requests, SamplingParams(max_new_tokens=max_new_tokens))
+        spent = {name: getattr(backend, name) - before[name] for name in counters}
+        for outcome, judged in zip(outcomes, judge(out, golds, VerifierConfig(policy=policy))):
+            outcome.record(judged)
+        yield attempt, requests, out, spent
+
+
+def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
+    """A batch of 16 samples through all six attempts: per attempt, prompt tokens, the share whose KV
+    was kept from the previous attempt, and the prefill and decode time per row."""
+    from engine.prompts import make_request
+    from engine.types import SamplingParams
+
+    backend, samples, golds = retries_setup(model, args.batch_size, args.decode_cache_mb)
     backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))  # warm-up
     backend.prefix_cache.clear()
     rows = []
-    for attempt in range(args.max_retries + 1):
-        requests = [make_request(o.sample, attempt, hint=True, history=o.history()) for o in outcomes]
-        before = (backend.prompt_tokens, backend.reused_tokens, backend.prefill_seconds, backend.decode_seconds)
-        out = backend.generate(requests, SamplingParams(max_new_tokens=args.max_new_tokens))
-        prompt_tokens, reused, prefill_s, decode_s = (now - was for now, was in zip(
-            (backend.prompt_tokens, backend.reused_tokens, backend.prefill_seconds, backend.decode_seconds), before))
-        for outcome, judged in zip(outcomes, judge(out, golds, VerifierConfig(policy=args.policy))):
-            outcome.record(judged)
+    for attempt, requests, out, spent in run_attempts(backend, samples, golds, attempts=args.max_retries + 1,
+                                                      max_new_tokens=args.max_new_tokens, policy=args.policy):
         rows.append({"part": "retries", "attempt": attempt, "rows": len(requests),
-                     "prompt_tokens_per_row": prompt_tokens // len(requests),
-                     "from_kept_kv": round(reused / prompt_tokens, 3),
-                     "prefill_s_per_row": prefill_s / len(requests), "decode_s_per_row": decode_s / len(requests),
+                     "prompt_tokens_per_row": spent["prompt_tokens"] // len(requests),
+                     "from_kept_kv": round(spent["reused_tokens"] / spent["prompt_tokens"], 3),
+                     "prefill_s_per_row": spent["prefill_seconds"] / len(requests),
+                     "decode_s_per_row": spent["decode_seconds"] / len(requests),
                      "new_tokens_per_row": sum(a[0].completion_tokens for a in out) // len(requests)})
     backend.close()
     total = {k: sum(r[k] for r in rows) for k in ("prefill_s_per_row", "decode_s_per_row")}
     ratios = [common.ratio_row("share of a sample's generation time in decode", total["decode_s_per_row"],
                                total["decode_s_per_row"] + total["prefill_s_per_row"], "-")]
-    notes = ["Engine hf backend in this process (no Ray), fp32, 1 torch thread, batch 16, greedy, "
+    notes = ["Engine hf backend in this process (no Ray), fp32, 1 torch thread, batch "
+             f"{args.batch_size}, decode_cache_mb {args.decode_cache_mb}, greedy, "
              f"max_new_tokens {args.max_new_tokens}, policy {args.policy}; retry prompts carry the earlier "
              "completions and the verifier's reasons, as in fea synth. from_kept_kv: share of the prompt "
              "tokens whose KV came from the sample's previous attempt (the random model's completions do not "
@@ -391,10 +416,69 @@ def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     return rows, ratios, notes
 
 
+# ---------------------------------------------------------------- the decode-cache bound, with and without
+def decode_cache_ab(model: str, decode_cache_mb: int, rounds: int, max_new_tokens: int, policy: str) -> dict:
+    """The six attempts' prompts of 16 samples, decoded again in alternating rounds with the bound off
+    and on (the same backend, its kept KV emptied before each pass): decode seconds per pass and per
+    attempt."""
+    import torch
+
+    torch.set_num_threads(1)
+    backend, samples, golds = retries_setup(model, 16, decode_cache_mb)
+    prompts = [requests for _, requests, _, _ in run_attempts(backend, samples, golds, attempts=6,
+                                                              max_new_tokens=max_new_tokens, policy=policy)]
+    bound, passes = backend.max_cache_tokens, {"no bound": [], "bound": []}
+    from engine.types import SamplingParams
+
+    for _ in range(rounds):
+        for side in passes:
+            backend.max_cache_tokens = bound if side == "bound" else None
+            backend.prefix_cache.clear()
+            per_attempt = []
+            for requests in prompts:
+                before = backend.decode_seconds
+                backend.generate(requests, SamplingParams(max_new_tokens=max_new_tokens))
+                per_attempt.append(backend.decode_seconds - before)
+            passes[side].append(per_attempt)
+    backend.close()
+    return passes
+
+
+def part_decode_cache(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
+    """generation.decode_cache_mb on and off, in this process alone or in `--processes` at once (as
+    generator actors share a machine's cache)."""
+    import multiprocessing as mp
+
+    bound_mb = args.decode_cache_mb or DECODE_CACHE_TRIED_MB
+    call = (model, bound_mb, args.rounds, args.max_new_tokens, args.policy)
+    if args.processes == 1:
+        results = [decode_cache_ab(*call)]
+    else:
+        with mp.get_context("spawn").Pool(args.processes) as pool:
+            results = pool.starmap(decode_cache_ab, [call] * args.processes)
+    rows, ratios = [], []
+    for process, passes in enumerate(results):
+        best = {side: min(passes[side], key=sum) for side in passes}
+        for side, per_attempt in best.items():
+            rows.append({"part": "decode-cache", "process": process, "side": side,
+                         "decode_s_all_attempts": sum(per_attempt),
+                         "decode_s_per_pass": " / ".join(f"{sum(p):.2f}" for p in passes[side]),
+                         "ms_per_row_by_attempt": " ".join(f"{1e3 * s / 16:.0f}" for s in per_attempt)})
+        ratios.append(common.ratio_row(f"process {process}: decode time, bound vs no bound (lower is better)",
+                                       sum(best["bound"]), sum(best["no bound"]), "-"))
+    notes = [f"Engine hf backend, fp32, 1 torch thread per process, {args.processes} process(es) at once; the "
+             "prompts of six attempts of 16 samples (batch 16), recorded once, decoded again in "
+             f"{args.rounds} alternating rounds without and with decode_cache_mb {bound_mb}. "
+             "decode_s_all_attempts and ms_per_row_by_attempt are those of the pass with the least decode time "
+             "of each side."]
+    return rows, ratios, notes
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "throughput", "efficiency", "scaling", "anatomy", "retries"],
+    parser.add_argument("--part", choices=["all", "throughput", "efficiency", "scaling", "anatomy", "retries",
+                                           "decode-cache"],
                         default="all")
     parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
     parser.add_argument("--samples", type=int, default=32, help="fea synth input samples (throughput, scaling)")
@@ -404,12 +488,14 @@ def main() -> None:
     parser.add_argument("--max-retries", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--decode-cache-mb", type=int, default=DECODE_CACHE_MB,
-                        help="hf on CPU: MiB of KV per decode batch at most (generation.decode_cache_mb; 0 = no limit)")
+                        help="hf on CPU: MiB of KV per decode batch at most (generation.decode_cache_mb; 0 = no "
+                             f"limit; the decode-cache part tries {DECODE_CACHE_TRIED_MB} then)")
     parser.add_argument("--generators", type=int, default=1, help="generator actors in the throughput part")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the baseline/bare process = CPUs per generator actor")
     parser.add_argument("--policy", choices=["strict", "paper"], default="strict")
     parser.add_argument("--rounds", type=int, default=1, help="alternations of baseline and candidate")
+    parser.add_argument("--processes", type=int, default=1, help="decode-cache part: processes at once")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -426,7 +512,7 @@ def main() -> None:
     try:
         for part in parts:
             runner = {"throughput": part_throughput, "efficiency": part_efficiency, "scaling": part_scaling,
-                      "anatomy": part_anatomy, "retries": part_retries}[part]
+                      "anatomy": part_anatomy, "retries": part_retries, "decode-cache": part_decode_cache}[part]
             rows, ratios, notes = runner(args, model)
             common.print_table(f"synthesis: {part}", rows)
             common.print_table("ratios", ratios)

@@ -17,6 +17,7 @@ BENCHMARKS = (
     ["bench/bench_synth.py", "--part", "efficiency"],
     ["bench/bench_synth.py", "--part", "scaling"],
     ["bench/bench_synth.py", "--part", "anatomy"],
+    ["bench/bench_memory.py"],
     ["bench/bench_train.py"],
 )
 

@@ -56,10 +56,11 @@ class GenerationConfig(Section):
     kv_reuse_mb: int = Field(1024, ge=0, description="hf: MiB of KV cache kept per generator so that a retry "
                                                      "prefills only its new turn (least recently used dropped "
                                                      "first; 0 = off).")
-    decode_cache_mb: int = Field(48, ge=0, description="hf on CPU: MiB of KV one decode batch may hold; longer "
-                                                       "prompts get fewer rows, so that every step reads its KV "
-                                                       "from the CPU's cache rather than from memory (0 = no "
-                                                       "limit; not applied on GPU).")
+    decode_cache_mb: int = Field(0, ge=0, description="hf on CPU: MiB of KV one decode batch may hold; longer "
+                                                      "prompts then decode in smaller batches whose KV every step "
+                                                      "reads from the CPU's cache rather than from memory. Helps "
+                                                      "when generators share a cache (two on a 2-core VM: 48); "
+                                                      "0 = no limit. Not applied on GPU.")
     max_num_seqs: int = Field(256, ge=1, description="vLLM: sequences in its running batch at most, shared by "
                                                      "the batches in flight on one generator.")
     max_model_len: int = Field(2048, ge=256, description="vLLM context length.")
