@@ -1,12 +1,13 @@
 """transformers, batched: the CPU default backend.
 
 Each call's requests are grouped into batches of similar prompt length (`length_groups`); in a batch
-every prompt is prefilled alone and the rows are decoded together (`hf_decode`). On CPU a batch's KV
-can be bounded (`generation.decode_cache_mb`): every decode step reads all of it, and past the CPU's
-cache those reads come from memory at half the speed, so long retries then decode in smaller batches. The KV of each
+every prompt is prefilled alone and the rows are decoded together (`hf_decode`). The KV of each
 sample's last attempt is kept, so a retry, whose prompt repeats that attempt, prefills only its new
-turn. Greedy when temperature is 0 (the paper's synthesis); n > 1 completions per request are
-sampled. The decoding follows Qwen2.5-VL's multimodal positions (M-RoPE), as the engine's models do.
+turn. On CPU a batch's KV can be bounded (`generation.decode_cache_mb`): every decode step reads all
+of it, and past the CPU's cache those reads come from memory at half the speed, so long retries then
+decode in smaller batches. Greedy when temperature is 0 (the paper's synthesis); n > 1 completions
+per request are sampled. The decoding follows Qwen2.5-VL's multimodal positions (M-RoPE), as the
+engine's models do.
 """
 from __future__ import annotations
 

@@ -161,7 +161,8 @@ def prefill(model, inputs: dict[str, torch.Tensor], token_ids: list[int], cached
         rope_delta, image_end = cached.rope_delta, cached.image_end
         # after the image every token is text: one position each, offset by the image's delta
         positions = (torch.arange(reused, len(token_ids), device=ids.device) + rope_delta).expand(3, 1, -1)
-        forward = dict(input_ids=ids[:, reused:], attention_mask=_tail_mask(reused, len(token_ids), model.dtype, ids.device))
+        mask = _tail_mask(reused, len(token_ids), model.dtype, ids.device)
+        forward = dict(input_ids=ids[:, reused:], attention_mask=mask)
     out = model(**forward, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
     keys = [layer.keys[0] for layer in cache.layers]
     values = [layer.values[0] for layer in cache.layers]
@@ -222,7 +223,8 @@ def decode(model, rows: list[Prefilled], *, max_new_tokens: int, n: int, tempera
 class DecodeCache:
     """Per layer, preallocated keys and values [rows * n, kv_heads, columns, head_dim]: each prompt's KV
     right-aligned to the longest prompt (`width`), then one column per decode step, the same for every
-    row; `padding` (-inf there, else 0) masks each row's left padding. (A growing cache would be copied whole every step.)"""
+    row; `padding` (-inf there, else 0) masks each row's left padding. (A growing cache would be copied
+    whole every step.)"""
 
     def __init__(self, rows: list[Prefilled], n: int, max_new_tokens: int) -> None:
         first = rows[0].keys[0]
