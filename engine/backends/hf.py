@@ -190,6 +190,7 @@ def length_groups(lengths: list[int], batch_size: int, max_padding: float = MAX_
 
 
 def _split_to_fit(group: list[int], row_tokens: int, max_tokens: int) -> list[list[int]]:
+    """`group` in order, cut into the fewest parts of near-equal size whose rows x row_tokens fit."""
     rows_per_part = max(1, max_tokens // row_tokens)
     parts = -(-len(group) // rows_per_part)
     size, extra = divmod(len(group), parts)
