@@ -423,13 +423,13 @@ def decode_cache_ab(model: str, decode_cache_mb: int, rounds: int, max_new_token
     attempt."""
     import torch
 
+    from engine.types import SamplingParams
+
     torch.set_num_threads(1)
     backend, samples, golds = retries_setup(model, 16, decode_cache_mb)
     prompts = [requests for _, requests, _, _ in run_attempts(backend, samples, golds, attempts=6,
                                                               max_new_tokens=max_new_tokens, policy=policy)]
     bound, passes = backend.max_cache_tokens, {"no bound": [], "bound": []}
-    from engine.types import SamplingParams
-
     for _ in range(rounds):
         for side in passes:
             backend.max_cache_tokens = bound if side == "bound" else None
