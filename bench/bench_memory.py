@@ -1,5 +1,5 @@
 """Read bandwidth of one core against the size of what it reads, one process alone and two at once:
-where the CPU's cache stops serving, which sets the hf backend's `generation.decode_cache_mb`.
+where the CPU's cache stops serving, which guides the hf backend's `generation.decode_cache_mb`.
 
 Every hf decode step reads the whole KV of its batch (keys and values of every row and layer), so a
 batch whose KV outgrows the cache reads it from memory on every step. Here a torch sum (one thread)
