@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ray
 
-from engine.config import VerifierConfig
-from engine.judge import Gold, Judged, judge
-from engine.types import Attempt
+from engine.core.config import VerifierConfig
+from engine.synth.judge import Gold, Judged, judge
+from engine.core.types import Attempt
 
 
 @ray.remote

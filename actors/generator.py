@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
-from engine.config import GenerationConfig
-from engine.types import Attempt, GenerationRequest, SamplingParams
+from engine.core.config import GenerationConfig
+from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 
 @ray.remote
@@ -33,7 +33,8 @@ class GeneratorActor:
         self.worker.submit(self._load, model, adapter).result()
 
     def _load(self, model: str | None, adapter: str | None) -> str:
-        from engine import backends, storage
+        from engine import backends
+        from engine.data import storage
 
         if self.backend is not None:
             self.backend.close()

@@ -5,9 +5,9 @@ import threading
 
 import ray
 
-from engine import shards
-from engine.partition import PartitionResult, existing_shards, write_partition
-from engine.types import PartitionCommit
+from engine.data import shards
+from engine.synth.partition import PartitionResult, existing_shards, write_partition
+from engine.core.types import PartitionCommit
 
 
 @ray.remote

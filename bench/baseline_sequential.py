@@ -3,9 +3,9 @@
 What the public code does, and what this does the same way:
 - one process, one image per `generate` call (batch 1), greedy decoding, a fixed max_new_tokens;
 - the label-conditioned prompt ("Ground Truth" block) and up to `max_retries` retries in place, each
-  retry carrying the previous response and the list of problems (engine.prompts.build_messages with
+  retry carrying the previous response and the list of problems (engine.core.prompts.build_messages with
   hint and history: the very prompts the engine sends, so both sides do the same work);
-- the filter after every attempt (engine.verifier, with the same policy as the engine run it is
+- the filter after every attempt (engine.core.verifier, with the same policy as the engine run it is
   compared with);
 - results kept in memory and written once, at the very end (accepted rows only, as JSONL).
 
@@ -48,7 +48,7 @@ class SequentialSynthesizer:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from engine.tinymodel import blocked_token_ids
+        from engine.demo.tinymodel import blocked_token_ids
 
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
@@ -73,9 +73,9 @@ class SequentialSynthesizer:
     def run(self, samples: Sequence, *, verifier_cfg, max_new_tokens: int, max_retries: int, hint: bool = True,
             out_path: str | Path | None = None) -> BaselineResult:
         from engine.backends.base import decode_image
-        from engine.facs import label_set_for
-        from engine.prompts import build_messages
-        from engine.verifier import verify
+        from engine.core.facs import label_set_for
+        from engine.core.prompts import build_messages
+        from engine.core.verifier import verify
 
         result = BaselineResult()
         accepted_rows: list[dict[str, Any]] = []
@@ -117,7 +117,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.common import face_set, load_samples, tiny_model_dir
-    from engine.config import VerifierConfig
+    from engine.core.config import VerifierConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8)

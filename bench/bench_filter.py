@@ -1,4 +1,4 @@
-"""Filter throughput (item 4): verifications per second on one core, engine.verifier.verify_batch,
+"""Filter throughput (item 4): verifications per second on one core, engine.core.verifier.verify_batch,
 for ~300-token completions, strict and paper policies.
 
 The mix is what a synthesis run sees: completions that pass, and the usual failures (wrong label, an
@@ -36,7 +36,7 @@ def _grow(think: str, rng: random.Random) -> str:
 
 def completions(samples, rng: random.Random) -> list[tuple[str, tuple[str, ...], tuple[str, ...], str]]:
     """(completion, gold AUs, gold labels, kind) in a fixed mix: 40% that pass, 60% failures."""
-    from engine.facs import EMOTIONS
+    from engine.core.facs import EMOTIONS
 
     items = []
     kinds = ("accepted", "accepted", "accepted", "accepted", "wrong_label", "extra_au", "forbidden_word",
@@ -67,7 +67,7 @@ def completions(samples, rng: random.Random) -> list[tuple[str, tuple[str, ...],
 
 def measure(items, cfg, repeats: int) -> tuple[float, int]:
     """Best-of-`repeats` CPU seconds for one verify_batch over all items, and the accepted count."""
-    from engine.verifier import verify_batch
+    from engine.core.verifier import verify_batch
 
     best = float("inf")
     accepted = 0
@@ -86,9 +86,9 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    from engine.config import VerifierConfig
-    from engine.facs import label_set_for
-    from engine.verifier import VerifyItem
+    from engine.core.config import VerifierConfig
+    from engine.core.facs import label_set_for
+    from engine.core.verifier import VerifyItem
 
     info = common.machine()
     samples = common.load_samples(common.face_set(200))

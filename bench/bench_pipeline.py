@@ -25,7 +25,7 @@ TARGET = 2000.0
 
 def write_store(samples, path: Path, max_retries: int) -> dict[str, int]:
     """Stored completions: 85% accepted at attempt 0, 10% after one retry, 5% never accepted."""
-    from engine.facs import EMOTIONS
+    from engine.core.facs import EMOTIONS
 
     counts = {"first_try": 0, "one_retry": 0, "never": 0}
     with path.open("w") as f:
@@ -44,7 +44,7 @@ def write_store(samples, path: Path, max_retries: int) -> dict[str, int]:
 
 def imported(faces: Path) -> Path:
     """The face set as a canonical dataset (`fea import`), built once next to it."""
-    from engine.dataset import import_fea20k
+    from engine.data.dataset import import_fea20k
 
     out = faces.with_name(faces.name + "-dataset")
     if not (out / "summary.json").exists():
@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    from engine.config import GenerationConfig, SynthConfig
+    from engine.core.config import GenerationConfig, SynthConfig
     from engine.raycluster import ensure_ray
-    from engine.synth import run_synth
+    from engine.synth.job import run_synth
 
     info = common.machine()
     faces = common.face_set(args.samples)

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
-from engine.config import GenerationConfig  # noqa: E402
+from engine.core.config import GenerationConfig  # noqa: E402
 
 PART_ITEMS = {"throughput": "item 1", "efficiency": "item 2", "scaling": "item 3",
               "anatomy": "where hf generation time goes", "retries": "what a retry costs in the hf backend",
@@ -50,7 +50,7 @@ def synth_config(faces: Path, model: str, out: Path, *, backend: str, policy: st
                  max_retries: int, generators: int = 1, generator_num_cpus: float = 1.0,
                  batch_size: int = 16, partition_size: int = 16,
                  decode_cache_mb: int = DECODE_CACHE_MB):
-    from engine.config import ModelConfig, SynthConfig, VerifierConfig
+    from engine.core.config import ModelConfig, SynthConfig, VerifierConfig
 
     return SynthConfig(
         input=str(faces / "samples.jsonl"), image_root=str(faces), out=str(out), model=ModelConfig(path=model),
@@ -61,7 +61,7 @@ def synth_config(faces: Path, model: str, out: Path, *, backend: str, policy: st
 
 
 def run_engine(cfg) -> dict[str, Any]:
-    from engine.synth import run_synth
+    from engine.synth.job import run_synth
 
     t0 = time.perf_counter()
     summary = run_synth(cfg)
@@ -77,7 +77,7 @@ def run_engine(cfg) -> dict[str, Any]:
 # ---------------------------------------------------------------- part 1: throughput vs the paper's loop
 def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     from bench.baseline_sequential import SequentialSynthesizer
-    from engine.config import VerifierConfig
+    from engine.core.config import VerifierConfig
 
     faces_base = common.face_set(args.baseline_samples)
     faces_cand = common.face_set(args.samples)
@@ -130,7 +130,7 @@ def part_throughput(args, model: str) -> tuple[list[dict], list[dict], list[str]
 
 # ---------------------------------------------------------------- part 2: engine vs bare backend
 def first_prompts(faces: Path, n: int) -> list:
-    from engine.prompts import make_request
+    from engine.core.prompts import make_request
 
     return [make_request(s, 0, hint=True) for s in common.load_samples(faces, limit=n)]
 
@@ -148,7 +148,7 @@ def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) ->
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from engine.tinymodel import blocked_token_ids
+    from engine.demo.tinymodel import blocked_token_ids
 
     processor = AutoProcessor.from_pretrained(model, padding_side="left")
     llm = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
@@ -179,7 +179,7 @@ def bare_hf_backend(model: str, requests: list, max_new_tokens: int, batch_size:
     """The engine's hf backend called in this process, batch by batch: the engine without Ray, filter
     and writer, so that its ratio is the cost of the pipeline around the backend."""
     from engine import backends
-    from engine.types import SamplingParams
+    from engine.core.types import SamplingParams
 
     backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size))
     params = SamplingParams(max_new_tokens=max_new_tokens)
@@ -215,7 +215,7 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from engine.tinymodel import blocked_token_ids
+    from engine.demo.tinymodel import blocked_token_ids
 
     processor = AutoProcessor.from_pretrained(model)
     llm = LLM(model=model, tokenizer=model, **BARE_VLLM_KWARGS)
@@ -320,7 +320,7 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     """Where hf generation time goes: the engine's hf backend in this process, batch 1 vs batch 16,
     prefill alone (1 new token) and with 64 / 256 new tokens, attempt-0 prompts."""
     from engine import backends
-    from engine.types import SamplingParams
+    from engine.core.types import SamplingParams
 
     requests = first_prompts(common.face_set(64), 16)
     backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=16))
@@ -353,8 +353,8 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
 def retries_setup(model: str, batch_size: int, decode_cache_mb: int):
     """The engine's hf backend in this process and the samples of one batch with their gold labels."""
     from engine import backends
-    from engine.facs import label_set_for
-    from engine.judge import Gold
+    from engine.core.facs import label_set_for
+    from engine.synth.judge import Gold
 
     samples = common.load_samples(common.face_set(64), limit=max(16, batch_size))
     golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
@@ -366,11 +366,11 @@ def retries_setup(model: str, batch_size: int, decode_cache_mb: int):
 def run_attempts(backend, samples, golds, *, attempts: int, max_new_tokens: int, policy: str):
     """All attempts of the samples, each retry prompt built as the engine builds it (judge, outcome
     history): per attempt, its requests, results and the backend's counters before and after."""
-    from engine.config import VerifierConfig
-    from engine.judge import judge
-    from engine.partition import Outcome
-    from engine.prompts import make_request
-    from engine.types import SamplingParams
+    from engine.core.config import VerifierConfig
+    from engine.synth.judge import judge
+    from engine.synth.partition import Outcome
+    from engine.core.prompts import make_request
+    from engine.core.types import SamplingParams
 
     outcomes = [Outcome(s) for s in samples]
     counters = ("prompt_tokens", "reused_tokens", "prefill_seconds", "decode_seconds")
@@ -387,8 +387,8 @@ def run_attempts(backend, samples, golds, *, attempts: int, max_new_tokens: int,
 def part_retries(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     """A batch of 16 samples through all six attempts: per attempt, prompt tokens, the share whose KV
     was kept from the previous attempt, and the prefill and decode time per row."""
-    from engine.prompts import make_request
-    from engine.types import SamplingParams
+    from engine.core.prompts import make_request
+    from engine.core.types import SamplingParams
 
     backend, samples, golds = retries_setup(model, args.batch_size, args.decode_cache_mb)
     backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))  # warm-up
@@ -423,7 +423,7 @@ def decode_cache_ab(model: str, decode_cache_mb: int, rounds: int, max_new_token
     attempt."""
     import torch
 
-    from engine.types import SamplingParams
+    from engine.core.types import SamplingParams
 
     torch.set_num_threads(1)
     backend, samples, golds = retries_setup(model, 16, decode_cache_mb)

@@ -84,14 +84,14 @@ def _pil(sample):
 
 
 def _user_turn(sample) -> list[dict]:
-    from engine.prompts import prompt_text
+    from engine.core.prompts import prompt_text
 
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(sample, hint=False)}]}]
 
 
 # ---------------------------------------------------------------- SFT
 def ours_sft(args, model: str, faces: Path) -> list[float]:
-    from engine.config import DataSource, LoraSection, ModelConfig, SFTSection
+    from engine.core.config import DataSource, LoraSection, ModelConfig, SFTSection
     from trainer.sft import run_sft
 
     s = settings(args)
@@ -132,7 +132,7 @@ def grpo_settings(args) -> dict[str, Any]:
 
 
 def ours_grpo(args, model: str, faces: Path) -> list[float]:
-    from engine.config import DataSource, GRPOSection, LoraSection, ModelConfig
+    from engine.core.config import DataSource, GRPOSection, LoraSection, ModelConfig
     from trainer.grpo import run_grpo
 
     g = grpo_settings(args)
@@ -153,8 +153,8 @@ def plain_grpo(args, model: str, samples) -> list[float]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
-    from engine.config import VerifierConfig
-    from engine.tinymodel import blocked_token_ids
+    from engine.core.config import VerifierConfig
+    from engine.demo.tinymodel import blocked_token_ids
     from trainer.rewards import VerifierRewards
 
     rows = [{"prompt": _user_turn(s), "image": _pil(s), "gold_aus": list(s.aus), "gold_labels": list(s.labels),

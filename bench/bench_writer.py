@@ -5,9 +5,9 @@ Sides, alternating in this process, per target:
 - plain: tarfile writing the WebDataset members (<key>.png, <key>.json, bytes prepared beforehand)
   to one local file / to memory and then one S3 put (boto3), i.e. the least work that puts these
   bytes there;
-- write_webdataset: engine.shards.write_webdataset of the same records, built from the accepted rows
+- write_webdataset: engine.data.shards.write_webdataset of the same records, built from the accepted rows
   inside the timed region (json encoding included; the tar shard alone);
-- writer: engine.partition.write_partition on a finished partition, exactly what the writer actor
+- writer: engine.synth.partition.write_partition on a finished partition, exactly what the writer actor
   runs: rows built, WebDataset tar AND Parquet (the same samples again, images included), then the
   write-once commit record.
 - plain tar of the writer's bytes: every file the writer leaves for a partition (tar, Parquet shards,
@@ -37,11 +37,11 @@ TARGET_RATIO = 0.8
 
 def partitions(samples, size: int, job_id: str) -> list:
     """Finished partitions where every sample was accepted at its first attempt (reference reasoning)."""
-    from engine.config import VerifierConfig
-    from engine.judge import Judged
-    from engine.partition import Outcome, Partition, PartitionResult
-    from engine.types import Attempt
-    from engine.verifier import verify
+    from engine.core.config import VerifierConfig
+    from engine.synth.judge import Judged
+    from engine.synth.partition import Outcome, Partition, PartitionResult
+    from engine.core.types import Attempt
+    from engine.core.verifier import verify
 
     cfg = VerifierConfig()
     out = []
@@ -60,14 +60,15 @@ def partitions(samples, size: int, job_id: str) -> list:
 
 
 def wds_records(result) -> list[dict[str, Any]]:
-    from engine import partition, shards
+    from engine.synth.job import partition
+    from engine.data import shards
 
     return [shards.wds_record(row) for row in partition.accepted_rows(result)]
 
 
 def members(records) -> list[tuple[str, bytes]]:
     """The tar members write_webdataset writes, as (name, bytes)."""
-    from engine.shards import _member_bytes
+    from engine.data.shards import _member_bytes
 
     return [(f"{r['__key__']}.{field}", _member_bytes(r[field]))
             for r in records for field in sorted(k for k in r if not k.startswith("__"))]
@@ -106,8 +107,8 @@ class Target:
 
 def writer_files(prefix: str, results) -> list[list[tuple[str, bytes]]]:
     """Per partition, (name, bytes) of every file the writer left under `prefix` for it."""
-    from engine import storage
-    from engine.partition import write_partition
+    from engine.data import storage
+    from engine.synth.partition import write_partition
 
     for result in results:
         write_partition(prefix, result, set())
@@ -117,8 +118,9 @@ def writer_files(prefix: str, results) -> list[list[tuple[str, bytes]]]:
 
 
 def run_target(target: Target, results, rounds: int) -> tuple[list[dict], dict[str, list[float]]]:
-    from engine import partition, shards, storage
-    from engine.partition import existing_shards, write_partition
+    from engine.synth.job import partition
+    from engine.data import shards, storage
+    from engine.synth.partition import existing_shards, write_partition
 
     accepted = [partition.accepted_rows(r) for r in results]
     items = [members(wds_records(r)) for r in results]

@@ -167,7 +167,7 @@ def median(values: Sequence[float]) -> float:
 # ---------------------------------------------------------------- shared inputs
 def tiny_model_dir() -> str:
     """The embedded tiny Qwen2.5-VL, built once into the bench cache."""
-    from engine.tinymodel import MARKER_FILE, build_tiny_model
+    from engine.demo.tinymodel import MARKER_FILE, build_tiny_model
 
     folder = CACHE / "tiny-model"
     if not (folder / MARKER_FILE).exists():
@@ -177,7 +177,7 @@ def tiny_model_dir() -> str:
 
 def face_set(n: int, seed: int = 0) -> Path:
     """DIR/samples.jsonl + DIR/images/ with n synthetic labelled faces (112x112), built once."""
-    from engine.faces import write_face_set
+    from engine.demo.faces import write_face_set
 
     folder = CACHE / f"faces-{n}-s{seed}"
     if not (folder / "samples.jsonl").exists():
@@ -189,8 +189,8 @@ def face_set(n: int, seed: int = 0) -> Path:
 
 def load_samples(faces_dir: Path, limit: int | None = None) -> list:
     """Samples of a face set in input order (quarantined records would be a broken input: fail)."""
-    from engine.dataset import load_input
-    from engine.types import Sample
+    from engine.data.dataset import load_input
+    from engine.core.types import Sample
 
     samples = []
     for record in load_input(str(faces_dir / "samples.jsonl"), str(faces_dir)):

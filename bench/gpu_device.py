@@ -43,7 +43,7 @@ SMALL_VISION = dict(depth=8, hidden_size=512, intermediate_size=2048, num_heads=
 def build_models(workdir: Path, which: list[str]) -> dict[str, str]:
     """Folders for the requested models (tiny: the engine's builder; small: tiny's tokenizer and
     processor with a larger config and random weights)."""
-    from engine.tinymodel import build_tiny_model
+    from engine.demo.tinymodel import build_tiny_model
 
     tiny = build_tiny_model(workdir / "tiny", seed=0)
     folders = {"tiny": tiny}
@@ -79,8 +79,8 @@ def build_small(tiny_dir: str, out: Path) -> str:
 
 def face_samples(n: int) -> list:
     """n synthetic labelled faces as engine Samples (rendered in memory)."""
-    from engine.faces import _emotions_and_prototypes, make_record, png_bytes
-    from engine.types import Sample, sha256_hex
+    from engine.demo.faces import _emotions_and_prototypes, make_record, png_bytes
+    from engine.core.types import Sample, sha256_hex
 
     emotions, _ = _emotions_and_prototypes()
     samples = []
@@ -120,8 +120,8 @@ def generation(model_dir: str, samples: list, batch_sizes: list[int], rows: int,
                dtype) -> list[dict[str, Any]]:
     import torch
 
-    from engine.prompts import build_messages
-    from engine.tinymodel import blocked_token_ids
+    from engine.core.prompts import build_messages
+    from engine.demo.tinymodel import blocked_token_ids
 
     processor, model = load(model_dir, device, dtype)
     model.eval()
@@ -164,7 +164,7 @@ def generation(model_dir: str, samples: list, batch_sizes: list[int], rows: int,
 # ---------------------------------------------------------------- LoRA SFT step
 def sft_batch(processor, samples: list, device: str):
     """Tokenised rows with labels masked to the completion (the prompt and padding are -100)."""
-    from engine.prompts import build_messages
+    from engine.core.prompts import build_messages
 
     prompts, fulls = [], []
     for s in samples:

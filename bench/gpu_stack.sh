@@ -22,10 +22,10 @@ python3 -m engine.cli train grpo --config "$WORK/gpu.yaml" --data "$DATA" --mode
 python3 - "$WORK/grpo/merged" "$DATA" "$OUT/generate.json" <<'PY'
 import json, sys, time
 from engine.backends import create
-from engine.config import GenerationConfig
-from engine.dataset import iter_samples
-from engine.prompts import make_request
-from engine.types import SamplingParams
+from engine.core.config import GenerationConfig
+from engine.data.dataset import iter_samples
+from engine.core.prompts import make_request
+from engine.core.types import SamplingParams
 
 model, data, out = sys.argv[1:]
 samples = list(iter_samples(data))[:32]

@@ -18,35 +18,35 @@ def _print_json(obj: Any) -> None:
 
 # ---------------------------------------------------------------- data and verifier
 def _score(args: argparse.Namespace) -> int:
-    from engine.scoring import score_jsonl
+    from engine.core.scoring import score_jsonl
 
     _print_json(score_jsonl(args.input, args.out, policy=args.policy))
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from engine.dataset import import_fea20k
+    from engine.data.dataset import import_fea20k
 
     _print_json(import_fea20k(args.jsonl, args.image_root, args.out))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from engine.dataset import export_committed
+    from engine.data.dataset import export_committed
 
     _print_json(export_committed(args.uri, args.out, kind="rejected" if args.rejected else "accepted"))
     return 0
 
 
 def _faces(args: argparse.Namespace) -> int:
-    from engine.faces import write_face_set
+    from engine.demo.faces import write_face_set
 
     _print_json(write_face_set(args.out, n=args.n, seed=args.seed))
     return 0
 
 
 def _model_tiny(args: argparse.Namespace) -> int:
-    from engine.tinymodel import build_tiny_model
+    from engine.demo.tinymodel import build_tiny_model
 
     print(build_tiny_model(args.out, seed=args.seed))
     return 0
@@ -65,9 +65,9 @@ SYNTH_FLAGS = {  # flag -> dotted config key
 def _synth(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.config import ConfigError, SynthConfig, load_config
-    from engine.partition import InputChangedError
-    from engine.synth import JobMismatchError, run_synth
+    from engine.core.config import ConfigError, SynthConfig, load_config
+    from engine.synth.partition import InputChangedError
+    from engine.synth.job import JobMismatchError, run_synth
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: getattr(args, flag) for flag, key in SYNTH_FLAGS.items()}

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import storage
-from engine.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
+from engine.data import storage
+from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Run:
     """One loop run: paths, step records and the model lineage."""
 
     def __init__(self, cfg: LoopConfig, resume: bool) -> None:
-        from engine.synth import GeneratorFleet
+        from engine.synth.job import GeneratorFleet
 
         self.cfg = cfg
         self.resume = resume
@@ -113,7 +113,7 @@ def _train(run: Run, index: int, step: str, section: SFTSection | GRPOSection, d
 
 def _accepted_ids(run: Run, before: int) -> set[str]:
     """Ids accepted by the synthesis of earlier rounds (committed shards only; the id column alone)."""
-    from engine.shards import committed_shard_uris, iter_parquet_rows
+    from engine.data.shards import committed_shard_uris, iter_parquet_rows
 
     ids: set[str] = set()
     for index in range(before):
@@ -125,8 +125,8 @@ def _accepted_ids(run: Run, before: int) -> set[str]:
 
 
 def _synth(run: Run, index: int, model: str) -> dict[str, Any]:
-    from engine.dataset import iter_samples, write_samples
-    from engine.synth import run_synth
+    from engine.data.dataset import iter_samples, write_samples
+    from engine.synth.job import run_synth
 
     have = _accepted_ids(run, index)
     input_uri = run.round_uri(index, "synth", "input")
@@ -261,8 +261,8 @@ def run_demo(out: str = "demo-out", faces: int = 200, seed_size: int = 64, confi
     """Tiny model + synthetic faces + local Ray + the loop on CPU; returns the report's path.
 
     Rerunning with the same `out` resumes the run where it stopped."""
-    from engine.faces import write_face_set
-    from engine.tinymodel import build_tiny_model
+    from engine.demo.faces import write_face_set
+    from engine.demo.tinymodel import build_tiny_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not Path(config_path).exists():

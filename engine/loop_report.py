@@ -5,14 +5,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from engine import report, storage
-from engine.config import LoopConfig
+from trainer import report
+from engine.data import storage
+from engine.core.config import LoopConfig
 
 STEPS = ("sft_seed", "grpo", "synth", "retrain", "eval")
 
 
 def _retries_per_accepted(synth_out: str) -> float | None:
-    from engine.shards import committed_shard_uris, iter_parquet_rows
+    from engine.data.shards import committed_shard_uris, iter_parquet_rows
 
     attempts = [row["provenance"]["attempts"] for uri in committed_shard_uris(synth_out, "accepted", "parquet")
                 for row in iter_parquet_rows(uri, columns=["provenance"])]  # images stay unread

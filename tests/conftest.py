@@ -44,7 +44,7 @@ def ray_local(s3):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from engine.tinymodel import build_tiny_model
+    from engine.demo.tinymodel import build_tiny_model
 
     return Path(build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0))
 
@@ -52,7 +52,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def faces(tmp_path_factory) -> Path:
     """FEA-20K JSONL + images: DIR/samples.jsonl and DIR/images/."""
-    from engine.faces import write_face_set
+    from engine.demo.faces import write_face_set
 
     out = tmp_path_factory.mktemp("faces")
     write_face_set(out, n=24, seed=0)

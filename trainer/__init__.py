@@ -1,7 +1,7 @@
 """Training and evaluation: committed shards -> SFT / GRPO (TRL + PEFT) -> a merged checkpoint -> metrics.
 
 - data.py      shards / datasets -> streamed TRL datasets, several sources mixed by weight
-- rewards.py   GRPO reward callables over engine.verifier (the same scores the synthesis filter uses)
+- rewards.py   GRPO reward callables over engine.core.verifier (the same scores the synthesis filter uses)
 - common.py    model loading, LoRA / full fine-tuning, TrainingArguments, checkpoints, final save
 - sft.py       run_sft(SFTSection): one SFT run, top to bottom
 - grpo.py      run_grpo(GRPOSection): one GRPO run, top to bottom

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import storage
-from engine.config import TrainSection
-from engine.types import CheckpointRef
+from engine.data import storage
+from engine.core.config import TrainSection
+from engine.core.types import CheckpointRef
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Committed shards -> TRL datasets, streamed and mixed by weight.
 
 Both stages get a `datasets.IterableDataset` built with `IterableDataset.from_generator` over
-`engine.dataset.iter_samples`: rows are read while training runs, nothing is copied first. TRL 1.16
+`engine.data.dataset.iter_samples`: rows are read while training runs, nothing is copied first. TRL 1.16
 takes iterable datasets in SFTTrainer and GRPOTrainer (GRPO rebuilds its prompt groups from the
 stream), on the condition that `max_steps` is set: `count_rows` gives the row count when a run is
 sized in epochs instead. Several sources are mixed with `datasets.interleave_datasets`, sampled by
@@ -9,7 +9,7 @@ their normalised weights.
 
 Rows (the formats TRL documents for vision-language data):
 - SFT:  {"images": [image], "prompt": [user message], "completion": [assistant message]}, where the
-  user message is engine.prompts' evaluation prompt (no label hint) and the completion is the
+  user message is engine.core.prompts' evaluation prompt (no label hint) and the completion is the
   sample's reference `description`. Samples without a description cannot teach anything; they are
   skipped and counted in `DataStats` (reported in the run summary).
 - GRPO: {"prompt": [user message], "image": image, "gold_aus", "gold_labels", "dataset", "sample_id"};
@@ -22,10 +22,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Sequence
 
-from engine.config import DataSource
-from engine.prompts import PromptStyle
-from engine.storage import redact
-from engine.types import Sample, sha256_hex
+from engine.core.config import DataSource
+from engine.core.prompts import PromptStyle
+from engine.data.storage import redact
+from engine.core.types import Sample, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class PromptFormat:
 
 def prompt_messages(sample: Sample, fmt: PromptFormat = PromptFormat(), hint: bool = False) -> list[dict[str, Any]]:
     """The prompt as the model sees it: by default the evaluation prompt (no label hint)."""
-    from engine.prompts import build_messages
+    from engine.core.prompts import build_messages
 
     return [_message(m) for m in build_messages(sample, hint=hint, style=fmt.style)]
 
@@ -129,7 +129,7 @@ def _features(stage: Stage):
 
 # ---------------------------------------------------------------- streams
 def _rows(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat = PromptFormat()) -> Iterator[dict[str, Any]]:
-    from engine.dataset import iter_samples
+    from engine.data.dataset import iter_samples
 
     yielded = 0
     for sample in iter_samples(uri):
@@ -144,7 +144,7 @@ def _rows(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat = Prompt
         yield sft_row(sample, fmt) if stage == "sft" else grpo_row(sample, fmt)
     if not yielded:  # an empty source would otherwise surface as an opaque error deep inside the trainer
         raise ValueError(f"{redact(uri)}: no usable {stage.upper()} rows ({len(stats.skipped_no_description)} "
-                         "without a description; unusable records are logged by engine.dataset)")
+                         "without a description; unusable records are logged by engine.data.dataset)")
 
 
 def _source_stream(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat):

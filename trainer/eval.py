@@ -13,9 +13,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from engine import report, storage
-from engine.config import EvalSection, load_config
-from engine.types import Sample, SamplingParams
+from trainer import report
+from engine.data import storage
+from engine.core.config import EvalSection, load_config
+from engine.core.types import Sample, SamplingParams
 from trainer.metrics import EvalRecord, Prediction, compute_metrics, confusion, gold_label, per_dataset, predict, rouge_l
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def generate_records(cfg: EvalSection) -> list[EvalRecord]:
     from tqdm import tqdm
 
     from engine.backends import create
-    from engine.dataset import iter_samples
-    from engine.prompts import make_request
+    from engine.data.dataset import iter_samples
+    from engine.core.prompts import make_request
 
     # s3:// folders are copied once to a local cache; the replay backend serves stored completions, no model
     model_dir = storage.materialize(cfg.model.path) if cfg.model.path else None

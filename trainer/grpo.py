@@ -1,7 +1,7 @@
 """GRPO with verifiable rewards (TRL GRPOTrainer, PEFT LoRA by default).
 
 Each prompt (image + evaluation prompt, no label hint) gets `num_generations` sampled completions;
-engine.verifier scores them (R_AU, R_acc, R_format, weighted by the verifier config) and TRL turns
+engine.core.verifier scores them (R_AU, R_acc, R_format, weighted by the verifier config) and TRL turns
 the group-relative rewards into the policy update, with a KL term (beta) against the reference
 model (the base weights with the adapter switched off, under LoRA).
 """
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import GRPOSection
+from engine.core.config import GRPOSection
 from trainer import common
 from trainer.data import PromptFormat, build_dataset, count_rows
 from trainer.rewards import RewardRecorder, VerifierRewards
@@ -25,7 +25,7 @@ def generation_kwargs(processor, use_vllm: bool) -> dict[str, Any]:
     """Forbid the vision special tokens in rollouts: a sampled <|image_pad|> would break the next
     training forward ("image features and image tokens do not match"). A trained model never emits
     them; a random or young one can."""
-    from engine.tinymodel import blocked_token_ids
+    from engine.demo.tinymodel import blocked_token_ids
 
     blocked = blocked_token_ids(processor)
     if not blocked:

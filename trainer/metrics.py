@@ -6,7 +6,7 @@ Rules (each also stated where it is computed):
   unknown word, or a word outside the dataset's label set counts as wrong, never skipped. Samples
   without a gold label (AU-only datasets such as DISFA, BP4D) have no accuracy: None, not 0.
 - AU F1 over samples with gold AUs: predicted AUs are every AU id mentioned in the completion
-  (normalised by engine.verifier), so a formatting slip is charged to the format rate, not twice.
+  (normalised by engine.core.verifier), so a formatting slip is charged to the format rate, not twice.
   Per-AU F1 for each AU present in the gold; macro = their mean (the paper's AU F1); micro pools
   counts over the gold AUs and any AU predicted, so hallucinated AUs cost precision.
 - ROUGE-L F (rouge-score, rougeL, stemmer on) of the completion against the gold description, over
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from engine.facs import au_number, label_set_for, normalize_emotion
-from engine.verifier import gold_label as verifier_gold_label
-from engine.verifier import parse_completion, r_format
+from engine.core.facs import au_number, label_set_for, normalize_emotion
+from engine.core.verifier import gold_label as verifier_gold_label
+from engine.core.verifier import parse_completion, r_format
 
 NO_ANSWER = "(none)"  # confusion-matrix column for missing, empty or unknown answers
 

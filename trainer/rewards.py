@@ -1,8 +1,8 @@
-"""GRPO reward functions: TRL's callable interface over engine.verifier.
+"""GRPO reward functions: TRL's callable interface over engine.core.verifier.
 
 `VerifierRewards(cfg).functions()` returns three plain callables named `au`, `acc` and `format`
 (TRL logs them as rewards/au/mean, ...). Each returns one float per completion, taken from
-`engine.verifier.compute_scores`, the same function the synthesis filter calls. Their weights are
+`engine.core.verifier.compute_scores`, the same function the synthesis filter calls. Their weights are
 the verifier's (`reward_weights()`, passed as GRPOConfig.reward_weights), so TRL's weighted sum is
 the verifier's total. (The verifier also clamps its total to +-total_clamp; with the paper's unit
 weights the sum stays within [-1, 3] and the clamp never applies.)
@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
-from engine.config import VerifierConfig
-from engine.facs import label_set_for
-from engine.types import Scores
-from engine.verifier import compute_scores
+from engine.core.config import VerifierConfig
+from engine.core.facs import label_set_for
+from engine.core.types import Scores
+from engine.core.verifier import compute_scores
 
 REWARD_NAMES = ("au", "acc", "format")
 

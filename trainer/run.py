@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from engine import storage
-from engine.config import GRPOSection, SFTSection, dump_config, load_config
+from engine.data import storage
+from engine.core.config import GRPOSection, SFTSection, dump_config, load_config
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import SFTSection
+from engine.core.config import SFTSection
 from trainer import common
 from trainer.data import PromptFormat, build_dataset, count_rows
 

@@ -14,10 +14,10 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, runtime_checkable
 
-from engine.types import Attempt, GenerationRequest, SamplingParams
+from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 if TYPE_CHECKING:
-    from engine.config import GenerationConfig
+    from engine.core.config import GenerationConfig
 
 # name -> module that registers it (imported lazily by `create`)
 _MODULES = {
@@ -72,7 +72,7 @@ def create(name: str, model_dir: str | None = None, adapter: str | None = None,
         raise ValueError(f"unknown generator backend {name!r}; known: {', '.join(available())}")
     if name not in _REGISTRY:
         importlib.import_module(_MODULES[name])
-    from engine.config import GenerationConfig
+    from engine.core.config import GenerationConfig
 
     backend = _REGISTRY[name]()
     backend.load(model_dir, adapter, gen_cfg or GenerationConfig(backend=name), dtype)

@@ -19,7 +19,7 @@ import torch
 
 from engine.backends import hf_decode
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
-from engine.types import Attempt, GenerationRequest, SamplingParams
+from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class HFBackend:
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from engine.tinymodel import blocked_token_ids
+        from engine.demo.tinymodel import blocked_token_ids
 
         if not model_dir:
             raise ValueError("the hf backend needs a model folder")

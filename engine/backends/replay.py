@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 
 from engine.backends.base import error_attempts, register
-from engine.types import Attempt, GenerationRequest, SamplingParams
+from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 REQUIRED_COLUMNS = ("sample_id", "attempt", "completion")
 
@@ -27,7 +27,7 @@ class ReplayBackend:
         self.store: dict[tuple[str, int], list[dict]] = {}
 
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:  # no weights: dtype unused
-        from engine import storage
+        from engine.data import storage
 
         if not gen_cfg.replay_path:
             raise ValueError("the replay backend needs generation.replay_path (a JSONL or Parquet file)")
@@ -55,7 +55,7 @@ class ReplayBackend:
 
 def load_store(uri: str) -> dict[tuple[str, int], list[dict]]:
     """(sample_id, attempt) -> stored rows, from JSONL or Parquet (chosen by the file suffix)."""
-    from engine import storage
+    from engine.data import storage
 
     data = storage.read_bytes(uri)
     rows = _parquet_rows(data) if uri.endswith(".parquet") else _jsonl_rows(data, uri)
@@ -69,7 +69,7 @@ def load_store(uri: str) -> dict[tuple[str, int], list[dict]]:
 
 
 def _jsonl_rows(data: bytes, uri: str) -> list[dict]:
-    from engine import storage
+    from engine.data import storage
 
     rows = []
     for number, line in enumerate(data.decode("utf-8").splitlines(), 1):

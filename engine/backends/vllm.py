@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Coroutine
 
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
-from engine.types import Attempt, GenerationRequest, SamplingParams, sha256_hex
+from engine.core.types import Attempt, GenerationRequest, SamplingParams, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class VLLMBackend:
         from transformers import AutoProcessor
         from vllm import AsyncEngineArgs
 
-        from engine.tinymodel import blocked_token_ids
+        from engine.demo.tinymodel import blocked_token_ids
 
         if not model_dir:
             raise ValueError("the vllm backend needs a model folder")

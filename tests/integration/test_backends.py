@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 
 from engine import backends
-from engine.config import GenerationConfig
-from engine.dataset import load_input
-from engine.prompts import make_request
-from engine.types import SamplingParams
+from engine.core.config import GenerationConfig
+from engine.data.dataset import load_input
+from engine.core.prompts import make_request
+from engine.core.types import SamplingParams
 
 EARLIER = "<think>The brows are raised, AU1 AU2.</think><answer>surprise</answer>"
 

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from engine.cli import main
-from engine.dataset import iter_samples
+from engine.data.dataset import iter_samples
 
 
 def _read(out):

@@ -11,8 +11,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from engine import dataset, shards, storage
-from engine.types import Sample
+from engine.data import dataset, shards, storage
+from engine.core.types import Sample
 from tests.unit.test_dataset_import import png_face, record
 from tests.unit.test_shards import PROVENANCE, REWARDS, make_sample, write_synthesis_output
 

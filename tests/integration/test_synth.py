@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import shards, storage
-from engine.config import SynthConfig
-from engine.synth import JobMismatchError, run_synth
+from engine.data import shards, storage
+from engine.core.config import SynthConfig
+from engine.synth.job import JobMismatchError, run_synth
 from tests.support.processes import kill_driver_and_children
 
 VENV_BIN = Path(sys.executable).parent
@@ -90,8 +90,8 @@ def out_location(kind: str, tmp_path: Path) -> str:
 # ---------------------------------------------------------------- replay: retries, shards, loaders, export
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys):
-    from engine import prompts, verifier
-    from engine.types import Sample
+    from engine.core import prompts, verifier
+    from engine.core.types import Sample
 
     records = face_records(faces, 12)
     ids = [r["id"] for r in records]
@@ -311,7 +311,7 @@ def test_generator_killed_mid_job(ray_local, tiny_model, faces, tmp_path, caplog
     cfg = synth_config(input=str(jsonl), image_root=str(faces), out=out, model={"path": str(tiny_model)},
                        partition_size=4, max_retries=2, job_id=f"kill-{uuid.uuid4().hex[:6]}",
                        generation={"backend": "hf", "max_new_tokens": 24, "batch_size": 2})
-    caplog.set_level(logging.WARNING, logger="engine.synth")
+    caplog.set_level(logging.WARNING, logger="engine.synth.job")
     result: dict = {}
     job = threading.Thread(target=lambda: result.update(summary=run_synth(cfg)))
     job.start()
@@ -377,9 +377,9 @@ def test_generator_reloads_with_lora_adapter(ray_local, tiny_model, faces, tmp_p
     from transformers import AutoModelForImageTextToText
 
     from actors.generator import GeneratorActor
-    from engine.dataset import load_input
-    from engine.prompts import make_request
-    from engine.types import SamplingParams
+    from engine.data.dataset import load_input
+    from engine.core.prompts import make_request
+    from engine.core.types import SamplingParams
 
     adapter = tmp_path / "adapter"
     base = AutoModelForImageTextToText.from_pretrained(tiny_model)
@@ -405,8 +405,8 @@ def test_fleet_keeps_generator_actors_across_jobs_and_reloads_the_model(ray_loca
     """The loop's rounds: the second job runs on the same actors, with the next round's model."""
     import ray
 
-    from engine.synth import GeneratorFleet
-    from engine.tinymodel import build_tiny_model
+    from engine.synth.job import GeneratorFleet
+    from engine.demo.tinymodel import build_tiny_model
 
     next_model = build_tiny_model(tmp_path / "next-round-model", seed=1)
     jsonl = subset_jsonl(faces, tmp_path / "in", 4)

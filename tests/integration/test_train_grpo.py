@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from engine.backends import create
-from engine.config import GenerationConfig, VerifierConfig
-from engine.dataset import iter_samples
-from engine.facs import label_set_for
-from engine.prompts import make_request
-from engine.types import CheckpointRef, SamplingParams
-from engine.verifier import compute_scores
+from engine.core.config import GenerationConfig, VerifierConfig
+from engine.data.dataset import iter_samples
+from engine.core.facs import label_set_for
+from engine.core.prompts import make_request
+from engine.core.types import CheckpointRef, SamplingParams
+from engine.core.verifier import compute_scores
 from trainer.rewards import read_reward_records
 from trainer.run import run_training
 

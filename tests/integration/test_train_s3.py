@@ -7,8 +7,8 @@ import uuid
 import pytest
 import yaml
 
-from engine import storage
-from engine.dataset import import_fea20k
+from engine.data import storage
+from engine.data.dataset import import_fea20k
 from trainer.run import run_training
 
 

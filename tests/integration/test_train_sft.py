@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from engine.backends import create
-from engine.config import GenerationConfig
-from engine.dataset import iter_samples
-from engine.prompts import make_request
-from engine.types import CheckpointRef, SamplingParams
+from engine.core.config import GenerationConfig
+from engine.data.dataset import iter_samples
+from engine.core.prompts import make_request
+from engine.core.types import CheckpointRef, SamplingParams
 from trainer.common import TrainingError
 from trainer.run import run_training
 
@@ -113,7 +113,7 @@ def test_merged_model_loads_in_vllm(sft_run, faces):
 def test_lora_adapters_stay_out_of_a_frozen_vision_tower(tiny_model, freeze):
     from peft import get_peft_model
 
-    from engine.config import SFTSection
+    from engine.core.config import SFTSection
     from trainer.common import is_vision_parameter, load_model, trainable_setup
 
     cfg = SFTSection(freeze_vision=freeze)  # the default targets include MLP names the vision blocks share

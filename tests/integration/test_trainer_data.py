@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from datasets import IterableDataset
 
-from engine.config import DataSource
-from engine.dataset import iter_samples
-from engine.prompts import prompt_text
+from engine.core.config import DataSource
+from engine.data.dataset import iter_samples
+from engine.core.prompts import prompt_text
 from trainer.data import PromptFormat, build_dataset, count_rows
 
 

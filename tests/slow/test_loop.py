@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import storage
+from engine.data import storage
 from tests.support.processes import kill_driver_and_children
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def step_record(run: str | Path, index: int, step: str) -> dict:
 
 
 def accepted_ids(synth_out: str) -> list[str]:
-    from engine.dataset import iter_samples
+    from engine.data.dataset import iter_samples
 
     return [s.id for s in iter_samples(synth_out)]
 
@@ -135,7 +135,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
 
 
 def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
-    from engine.faces import write_face_set
+    from engine.demo.faces import write_face_set
 
     out = tmp_path / "mini"
     faces = out / "faces"
@@ -188,7 +188,7 @@ def test_loop_keeps_its_run_folder_on_s3_and_resumes_there(s3, tiny_model, tmp_p
     credential in any of them; a rerun with --resume finds every step done and rewrites nothing."""
     import uuid
 
-    from engine.faces import write_face_set
+    from engine.demo.faces import write_face_set
     from engine.loop import _split_demo_faces
 
     faces = tmp_path / "faces"

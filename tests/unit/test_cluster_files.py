@@ -106,7 +106,7 @@ def test_validation_catches_a_misspelt_key(tmp_path):
 
 
 def test_gpu_synth_config_is_a_valid_synth_section():
-    from engine.config import SynthConfig, load_config
+    from engine.core.config import SynthConfig, load_config
 
     cfg = load_config(SynthConfig, REPO_ROOT / "configs" / "synth-gpu.yaml", section="synth")
     assert cfg.generation.backend == "vllm" and cfg.generator_num_gpus == 1

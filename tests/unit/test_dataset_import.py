@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from engine import dataset, shards
-from engine.types import QuarantineRecord, Sample
+from engine.data import dataset, shards
+from engine.core.types import QuarantineRecord, Sample
 
 
 def png_face(seed: int, size: int = 48) -> bytes:

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.config import VerifierConfig
-from engine.faces import (
+from engine.core.config import VerifierConfig
+from engine.demo.faces import (
     DATASET,
     EXTRA_AUS,
     KEY_AUS,
@@ -30,8 +30,8 @@ from engine.faces import (
     split_for,
     write_face_set,
 )
-from engine.facs import AU_DESCRIPTIONS, EMOTIONS, PROTOTYPES
-from engine.verifier import parse_completion, verify
+from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, PROTOTYPES
+from engine.core.verifier import parse_completion, verify
 
 FEA20K_KEYS = {"id", "dataset", "image", "question", "AUs", "labels", "description", "meta_info", "is_valid"}
 
@@ -286,8 +286,8 @@ def test_face_set_is_reproducible_to_the_byte_and_seed_dependent(face_set, tmp_p
 
 
 def test_face_set_imports_cleanly_through_the_data_layer(face_set):
-    from engine.dataset import load_input
-    from engine.types import Sample
+    from engine.data.dataset import load_input
+    from engine.core.types import Sample
 
     folder, _ = face_set
     loaded = list(load_input(str(folder / "samples.jsonl"), image_root=str(folder)))

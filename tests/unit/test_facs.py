@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.facs import (
+from engine.core.facs import (
     AU_DESCRIPTIONS,
     AU_IDS,
     DATASET_LABELS,

@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.backends.hf import MAX_PADDING, length_groups
-from engine.config import SynthConfig
-from engine.synth import inflight_batches
+from engine.core.config import SynthConfig
+from engine.synth.job import inflight_batches
 
 
 def padding_share(lengths: list[int]) -> float:

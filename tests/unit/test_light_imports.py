@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-LIGHT = ["engine.types", "engine.config", "engine.facs", "engine.verifier", "engine.prompts", "engine.scoring",
+LIGHT = ["engine.core.types", "engine.core.config", "engine.core.facs", "engine.core.verifier", "engine.core.prompts", "engine.core.scoring",
          "engine.cli"]
 HEAVY = ["torch", "transformers", "ray", "vllm", "trl", "peft"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import ConfigError, LoopConfig, ModelConfig, load_config
+from engine.core.config import ConfigError, LoopConfig, ModelConfig, load_config
 from engine.loop import _round_model, held_out_score
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")

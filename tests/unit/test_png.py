@@ -1,4 +1,4 @@
-"""The PNG integrity check without decoding (engine.png) against PIL's full decode, on whole,
+"""The PNG integrity check without decoding (engine.data.png) against PIL's full decode, on whole,
 cut and damaged files: it must accept and refuse exactly what decoding accepts and refuses."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.dataset import InvalidRecord, check_image
-from engine.png import SIGNATURE, png_complete
+from engine.data.dataset import InvalidRecord, check_image
+from engine.data.png import SIGNATURE, png_complete
 
 
 def decodes_with_pil(data: bytes) -> bool:

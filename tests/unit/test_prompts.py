@@ -5,9 +5,9 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from engine.config import VerifierConfig
-from engine.facs import AU_DESCRIPTIONS, EMOTIONS
-from engine.prompts import (
+from engine.core.config import VerifierConfig
+from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS
+from engine.core.prompts import (
     EXAMPLE_AUS,
     EXAMPLE_COMPLETION,
     EXAMPLE_LABEL,
@@ -17,8 +17,8 @@ from engine.prompts import (
     make_request,
     prompt_hash,
 )
-from engine.types import Sample, sha256_hex
-from engine.verifier import verify
+from engine.core.types import Sample, sha256_hex
+from engine.core.verifier import verify
 
 IMAGE = b"\x89PNG fake bytes"
 

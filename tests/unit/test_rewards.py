@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.config import VerifierConfig
-from engine.facs import label_set_for
-from engine.verifier import compute_scores
+from engine.core.config import VerifierConfig
+from engine.core.facs import label_set_for
+from engine.core.verifier import compute_scores
 from trainer.rewards import REWARD_NAMES, RewardRecorder, VerifierRewards, completion_text, read_reward_records
 
 GOOD = "<think>The inner brows rise (AU1) and the brows lower (AU4).</think><answer>sadness</answer>"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.scoring import score_jsonl
+from engine.core.scoring import score_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = ("<think>The inner corners of the brows are raised (AU1) and drawn together (AU4), while the lip corners "

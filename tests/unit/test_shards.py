@@ -10,8 +10,8 @@ import pytest
 import webdataset as wds
 from hypothesis import given, strategies as st
 
-from engine import dataset, shards, storage
-from engine.types import PartitionCommit, Sample
+from engine.data import dataset, shards, storage
+from engine.core.types import PartitionCommit, Sample
 from tests.unit.test_dataset_import import png_face
 
 

@@ -1,4 +1,4 @@
-"""engine.storage on local disk: atomic writes, write-once commits, listings, redaction."""
+"""engine.data.storage on local disk: atomic writes, write-once commits, listings, redaction."""
 from __future__ import annotations
 
 import multiprocessing
@@ -6,7 +6,7 @@ import os
 import threading
 
 
-from engine import storage
+from engine.data import storage
 
 
 def test_write_once_creates_then_never_overwrites(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import SynthConfig, load_config
+from engine.core.config import SynthConfig, load_config
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
                  if "synth" in (yaml.safe_load(p.read_text()) or {}))

@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine import shards
+from engine.data import shards
 from engine.backends.replay import ReplayBackend, load_store
-from engine.config import ConfigError, GenerationConfig, SynthConfig, VerifierConfig
-from engine.judge import Gold, judge
-from engine.partition import (InputChangedError, Outcome, PartitionResult, cut_partitions, totals,
+from engine.core.config import ConfigError, GenerationConfig, SynthConfig, VerifierConfig
+from engine.synth.judge import Gold, judge
+from engine.synth.partition import (InputChangedError, Outcome, PartitionResult, cut_partitions, totals,
                               write_partition)
-from engine.progress import Counts, Progress
-from engine.synth import JobMismatchError, RequestQueue, default_job_id, open_job, resolve_config
-from engine.types import Attempt, GenerationRequest, QuarantineRecord, Sample, SamplingParams, sha256_hex
+from engine.synth.progress import Counts, Progress
+from engine.synth.job import JobMismatchError, RequestQueue, default_job_id, open_job, resolve_config
+from engine.core.types import Attempt, GenerationRequest, QuarantineRecord, Sample, SamplingParams, sha256_hex
 
 GOOD = ("<think>The inner brows are raised (AU1) and the brows are lowered (AU4), the lip corners are "
         "pulled down (AU15), a downcast look typical of sadness.</think><answer>sadness</answer>")
@@ -217,7 +217,7 @@ def test_progress_log_line_has_counts_rate_and_eta(caplog):
     line = progress.line(counts)
     assert "30/50 done" in line and "accepted 25" in line and "8 in flight" in line
     assert "2.00 samples/s" in line and "ETA 10s" in line
-    with caplog.at_level("INFO", logger="engine.synth"):
+    with caplog.at_level("INFO", logger="engine.synth.job"):
         progress.update(counts)
     assert "30/50 done" in caplog.text
 
@@ -238,7 +238,7 @@ def test_lost_work_is_told_apart_from_bugs():
     """Work lost with a dead process is redone; an exception raised by our code fails the job."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-    from engine.synth import _is_lost_work
+    from engine.synth.job import _is_lost_work
 
     via_filter = RayTaskError("FilterActor.verify", "traceback", ActorUnavailableError("restarting", b"\0" * 16))
     assert _is_lost_work(via_filter) and _is_lost_work(via_filter.as_instanceof_cause())
@@ -250,7 +250,8 @@ def test_lost_work_is_told_apart_from_bugs():
 def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch):
     """With the writer's listing of existing shards, an empty shard kind costs a delete only when a
     file of an earlier try is there; the listing follows what each write adds and removes."""
-    from engine import partition as partition_module, storage
+    from engine.synth.job import partition as partition_module
+    from engine.data import storage
 
     out = tmp_path / "out"
     stale = out / "rejected" / "part-00001.parquet"

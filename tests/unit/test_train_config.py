@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import ConfigError, EvalSection, GRPOSection, SFTSection, load_config
+from engine.core.config import ConfigError, EvalSection, GRPOSection, SFTSection, load_config
 from trainer.common import TrainingError, is_vision_parameter, last_checkpoint, resume_point
 from trainer.data import mixing_probabilities
 from trainer.ray_launch import accelerate_command

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import VerifierConfig
-from engine.facs import AU_IDS, DATASET_LABELS
-from engine.verifier import (
+from engine.core.config import VerifierConfig
+from engine.core.facs import AU_IDS, DATASET_LABELS
+from engine.core.verifier import (
     PAPER_FORMAT_RE,
     VERIFIER_VERSION,
     VerifyItem,
@@ -392,6 +392,6 @@ def test_fast_forbidden_check_equals_the_regex(words, sep):
 def test_think_words_exceed_equals_split(think, limit):
     spaced = None
     if think.isascii():
-        from engine.verifier import _spaced
+        from engine.core.verifier import _spaced
         spaced = _spaced(think.lower())
     assert think_words_exceed(think, limit, spaced=spaced) == (len(think.split()) > limit)

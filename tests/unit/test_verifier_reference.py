@@ -14,10 +14,10 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.config import VerifierConfig
-from engine.facs import AU_DESCRIPTIONS, DATASET_LABELS, EMOTIONS, normalize_au, normalize_emotion
-from engine.types import Scores, Verdict
-from engine.verifier import (
+from engine.core.config import VerifierConfig
+from engine.core.facs import AU_DESCRIPTIONS, DATASET_LABELS, EMOTIONS, normalize_au, normalize_emotion
+from engine.core.types import Scores, Verdict
+from engine.core.verifier import (
     _MENTION_RE,
     PAPER_FORMAT_RE,
     VERIFIER_VERSION,
@@ -240,7 +240,7 @@ def test_verdicts_built_on_the_fast_path_are_ordinary_verdicts():
     import dataclasses
     import pickle
 
-    from engine.verifier import _frozen, _verdict
+    from engine.core.verifier import _frozen, _verdict
 
     fast_scores = _frozen(Scores, au=1.0, acc=1.0, format=1.0, total=3.0)
     fields = ("s1", 2, fast_scores, True, (), ("AU1", "AU4"), "sadness", "strict")

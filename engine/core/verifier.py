@@ -40,9 +40,9 @@ from collections.abc import Iterable, Sequence, Set as AbstractSet
 from functools import lru_cache
 from typing import NamedTuple
 
-from engine.config import VerifierConfig
-from engine.facs import AU_DESCRIPTIONS, EMOTIONS, normalize_au, normalize_emotion
-from engine.types import Scores, Verdict
+from engine.core.config import VerifierConfig
+from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, normalize_au, normalize_emotion
+from engine.core.types import Scores, Verdict
 
 VERIFIER_VERSION = "1"
 

@@ -22,14 +22,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from engine import storage
-from engine.config import ConfigError, SynthConfig
-from engine.judge import Gold
-from engine.partition import InputChangedError, Outcome, Partition, PartitionResult, cut_partitions, totals
-from engine.progress import Counts, Progress
-from engine.types import GenerationRequest, PartitionCommit, SamplingParams, sha256_hex
+from engine.data import storage
+from engine.core.config import ConfigError, SynthConfig
+from engine.synth.judge import Gold
+from engine.synth.partition import InputChangedError, Outcome, Partition, PartitionResult, cut_partitions, totals
+from engine.synth.progress import Counts, Progress
+from engine.core.types import GenerationRequest, PartitionCommit, SamplingParams, sha256_hex
 
-log = logging.getLogger("engine.synth")
+log = logging.getLogger("engine.synth.job")
 
 # Settings that change how fast a job runs, not what it produces: free to differ between reruns.
 OPERATIONAL_KEYS = frozenset({
@@ -117,7 +117,7 @@ class InputPlan:
     """Partitions of the input that still need work; committed ones are checked and skipped."""
 
     def __init__(self, cfg: SynthConfig, committed: dict[int, PartitionCommit]) -> None:
-        from engine.dataset import load_input
+        from engine.data.dataset import load_input
 
         self.committed = committed
         self.records = load_input(cfg.input, cfg.image_root)
@@ -430,7 +430,7 @@ class Scheduler:
         """Open partitions while the queue runs low; False once the input is exhausted.
 
         Waits for the input only when `block` (nothing else to do); otherwise takes what is ready."""
-        from engine.prompts import make_request
+        from engine.core.prompts import make_request
 
         while len(self.pending) < self.low_water and len(self.open) < self.max_open:
             partition = source.next(block=block)
@@ -479,7 +479,7 @@ class Scheduler:
         self.counts.in_flight += len(requests)
 
     def _gold(self, sample_id: str) -> Gold:
-        from engine.facs import label_set_for
+        from engine.core.facs import label_set_for
 
         sample = self.open[self.sample_partition[sample_id]].outcomes[sample_id].sample
         return Gold(sample.aus, sample.labels, label_set_for(sample.dataset))
@@ -497,7 +497,7 @@ class Scheduler:
                 raise
             self._requeue(batch, err)
             return
-        from engine.prompts import make_request
+        from engine.core.prompts import make_request
 
         for request, completions in zip(batch.requests, judged):
             outcome = self.open[self.sample_partition[request.sample_id]].outcomes[request.sample_id]
@@ -670,7 +670,7 @@ def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None) -> dict[str
 
 
 def _read_commits(out: str, job_id: str) -> list[PartitionCommit]:
-    from engine.shards import read_commits
+    from engine.data.shards import read_commits
 
     commits = read_commits(out)
     foreign = [c.partition for c in commits if c.job_id != job_id]

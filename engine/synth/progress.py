@@ -6,7 +6,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-log = logging.getLogger("engine.synth")
+log = logging.getLogger("engine.synth.job")
 
 
 @dataclass

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from engine import shards, storage
-from engine.judge import Judged
-from engine.types import PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
+from engine.data import shards, storage
+from engine.synth.judge import Judged
+from engine.core.types import PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
 
 Record = Sample | QuarantineRecord
 

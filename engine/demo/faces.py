@@ -431,7 +431,7 @@ def region_box(region: str, style: FaceStyle | None = None, size: int = 112) -> 
 
 # ------------------------------------------------------------------------------------ sampling
 def _emotions_and_prototypes() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-    from engine.facs import EMOTIONS, PROTOTYPES
+    from engine.core.facs import EMOTIONS, PROTOTYPES
 
     return EMOTIONS, PROTOTYPES
 
@@ -611,7 +611,7 @@ def make_record(index: int, seed: int, emotions: tuple[str, ...]) -> tuple[dict[
         "labels": [emotion],
         "description": describe(emotion, aus, style, rng),
         "meta_info": {"intensities": aus, "style": style.to_dict(), "split": split_for(sample_id),
-                      "emotion": emotion, "seed": seed, "renderer": "engine.faces"},
+                      "emotion": emotion, "seed": seed, "renderer": "engine.demo.faces"},
         "is_valid": True,
     }
     return record, image

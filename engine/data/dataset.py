@@ -25,9 +25,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
-from engine import facs, shards, storage
-from engine.png import png_complete
-from engine.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
+from engine.core import facs
+from engine.data import shards, storage
+from engine.data.png import png_complete
+from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def reason_code(reason: str) -> str:
 def check_image(data: bytes) -> None:
     """Raise InvalidRecord('image_undecodable: ...') unless `data` is a complete, decodable image.
 
-    Common PNGs are checked without decoding their pixels (`engine.png`); anything else is decoded."""
+    Common PNGs are checked without decoding their pixels (`engine.data.png`); anything else is decoded."""
     complete = png_complete(data)
     if complete is not None:
         if not complete:

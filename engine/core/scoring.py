@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.config import VerifierConfig
-from engine.facs import label_set_for, normalize_aus, normalize_emotion
-from engine.verifier import verify
+from engine.core.config import VerifierConfig
+from engine.core.facs import label_set_for, normalize_aus, normalize_emotion
+from engine.core.verifier import verify
 
 _RAW_SHOWN = 200  # characters of an unparsable line kept in its error record
 

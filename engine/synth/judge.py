@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.config import VerifierConfig
-from engine.types import Attempt, Verdict
+from engine.core.config import VerifierConfig
+from engine.core.types import Attempt, Verdict
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Judged:
 
 def judge(batch: Sequence[Sequence[Attempt]], golds: Sequence[Gold], cfg: VerifierConfig) -> list[list[Judged]]:
     """Verdicts for a generator's output (n Attempts per request), one Gold per request."""
-    from engine.verifier import VerifyItem, verify_batch
+    from engine.core.verifier import VerifyItem, verify_batch
 
     if len(batch) != len(golds):
         raise ValueError(f"{len(batch)} generated requests but {len(golds)} gold records")

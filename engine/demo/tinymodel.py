@@ -85,8 +85,8 @@ def tokenizer_corpus() -> Iterator[str]:
     definitions, emotion words, the prompt's wording, template reasoning, and generic English."""
     import numpy as np
 
-    from engine.facs import AU_DESCRIPTIONS, EMOTIONS, PROTOTYPES
-    from engine import faces
+    from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, PROTOTYPES
+    from engine.demo import faces
 
     definitions = "; ".join(f"{au} {name}" for au, name in AU_DESCRIPTIONS.items())
     for _ in range(8):
@@ -106,7 +106,7 @@ def tokenizer_corpus() -> Iterator[str]:
 
 def _prompt_wording() -> tuple[str, ...]:
     """The gist of the engine's prompt wording (instruction, retry and hint blocks). Kept here rather
-    than read from engine.prompts so that editing a prompt does not change the model's tokenizer."""
+    than read from engine.core.prompts so that editing a prompt does not change the model's tokenizer."""
     return (
         "Analyze the facial expression in the image. Describe the observable facial features with the "
         "Action Unit numbers in parentheses, such as brows pulled together (AU4), then explain how they "
@@ -202,7 +202,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> str:
     _processor(tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     marker = {
-        "builder": "engine.tinymodel.build_tiny_model",
+        "builder": "engine.demo.tinymodel.build_tiny_model",
         "format": BUILD_FORMAT,
         "seed": seed,
         "parameters": sum(p.numel() for p in model.parameters()),

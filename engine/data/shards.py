@@ -1,7 +1,7 @@
 """Stored forms of samples: Arrow schemas, Parquet and WebDataset shards, commit records.
 
 Every table that holds samples shares the SAMPLE_SCHEMA columns, so any of them reads back into
-`engine.types.Sample`. `meta` is stored as a JSON string: source datasets carry metadata of any
+`engine.core.types.Sample`. `meta` is stored as a JSON string: source datasets carry metadata of any
 shape, and a struct column would force one shape on all of them (and break on the first record
 that differs).
 
@@ -26,8 +26,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine import storage
-from engine.types import SCHEMA_VERSION, PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
+from engine.data import storage
+from engine.core.types import SCHEMA_VERSION, PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
 
 KINDS = ("accepted", "rejected", "quarantine")
 FORMATS = ("parquet", "webdataset")

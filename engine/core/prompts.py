@@ -15,8 +15,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from engine.facs import AU_DESCRIPTIONS, EMOTIONS, label_set_for
-from engine.types import GenerationRequest, Sample, sha256_hex
+from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, label_set_for
+from engine.core.types import GenerationRequest, Sample, sha256_hex
 
 PROMPT_VERSION = "1"
 
