@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any, Callable
 
+from engine import preflight
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -20,6 +22,9 @@ def _print_json(obj: Any) -> None:
 def _score(args: argparse.Namespace) -> int:
     from engine.core.scoring import score_jsonl
 
+    preflight.check_file(args.input, "input")
+    preflight.check_output_file(args.out)
+
     _print_json(score_jsonl(args.input, args.out, policy=args.policy))
     return 0
 
@@ -27,6 +32,9 @@ def _score(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from engine.data.dataset import import_fea20k
 
+    preflight.check_file(args.jsonl, "--jsonl")
+    preflight.check_folder(args.image_root, "--image-root")
+    preflight.check_output(args.out)
     _print_json(import_fea20k(args.jsonl, args.image_root, args.out))
     return 0
 
@@ -34,6 +42,8 @@ def _import(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from engine.data.dataset import export_committed
 
+    preflight.check_input(args.uri, "URI")
+    preflight.check_output_file(args.out)
     _print_json(export_committed(args.uri, args.out, kind="rejected" if args.rejected else "accepted"))
     return 0
 
@@ -41,6 +51,8 @@ def _export(args: argparse.Namespace) -> int:
 def _faces(args: argparse.Namespace) -> int:
     from engine.demo.faces import write_face_set
 
+    preflight.check_positive(args.n, "--n")
+    preflight.check_output(args.out)
     _print_json(write_face_set(args.out, n=args.n, seed=args.seed))
     return 0
 
@@ -48,6 +60,7 @@ def _faces(args: argparse.Namespace) -> int:
 def _model_tiny(args: argparse.Namespace) -> int:
     from engine.demo.tinymodel import build_tiny_model
 
+    preflight.check_output(args.out)
     print(build_tiny_model(args.out, seed=args.seed))
     return 0
 
@@ -65,21 +78,17 @@ SYNTH_FLAGS = {  # flag -> dotted config key
 def _synth(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.core.config import ConfigError, SynthConfig, load_config
-    from engine.synth.partition import InputChangedError
-    from engine.synth.job import JobMismatchError, run_synth
+    from engine.core.config import SynthConfig, load_config
+    from engine.synth.job import run_synth
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = {key: getattr(args, flag) for flag, key in SYNTH_FLAGS.items()}
     if args.no_hint:
         overrides["hint"] = False
-    try:
-        cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
-        summary = run_synth(cfg)
-    except (ConfigError, JobMismatchError, InputChangedError) as err:
-        print(f"fea synth: error: {err}", file=sys.stderr)
-        return 2
-    _print_json(summary)
+    preflight.check_config_file(args.config)
+    cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
+    preflight.check_synth(cfg)
+    _print_json(run_synth(cfg))
     return 0
 
 
@@ -108,8 +117,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- training, evaluation, loop
 def _train(args: argparse.Namespace) -> int:
-    from trainer.run import run_training
+    from trainer.run import run_training, training_config
 
+    preflight.check_config_file(args.config)
+    try:
+        cfg = training_config(args.stage, data=args.data, weights=args.weights, model=args.model, out=args.out,
+                              config_path=args.config, max_steps=args.max_steps)
+    except ValueError as err:  # --weights that do not fit --data (a ConfigError is a ValueError too)
+        raise preflight.UsageError(str(err)) from None
+    preflight.check_training(cfg)
     _print_json(run_training(args.stage, data=args.data, model=args.model, out=args.out,
                              config_path=args.config, resume=args.resume, max_steps=args.max_steps,
                              weights=args.weights))
@@ -117,16 +133,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from trainer.eval import run_eval_cli
+    from trainer.eval import eval_config, run_eval_cli
 
+    preflight.check_config_file(args.config)
+    preflight.check_positive(args.limit, "--limit")
+    preflight.check_eval(eval_config(args.data, args.model, args.out, args.backend, args.config, args.limit))
     _print_json(run_eval_cli(data=args.data, model=args.model, out=args.out, backend=args.backend,
                              config_path=args.config, limit=args.limit))
     return 0
 
 
 def _loop(args: argparse.Namespace) -> int:
+    from engine.core.config import LoopConfig, load_config
     from engine.loop import run_loop_from_file
 
+    preflight.check_config_file(args.config)
+    preflight.check_loop(load_config(LoopConfig, args.config, section="loop"))
     _print_json(run_loop_from_file(args.config, resume=args.resume))
     return 0
 
@@ -134,6 +156,10 @@ def _loop(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine.loop import run_demo
 
+    preflight.check_positive(args.faces, "--faces")
+    preflight.check_positive(args.seed_size, "--seed-size")
+    preflight.check_config_file(args.config)
+    preflight.check_output(args.out)
     report = run_demo(args.out, faces=args.faces, seed_size=args.seed_size,
                       **({"config_path": args.config} if args.config else {}))
     print(f"demo finished; report: {report}")
@@ -142,6 +168,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fea", description="Facial-R1 engine: synthesis, training, evaluation.")
+    parser.add_argument("--debug", action="store_true", help="Show the traceback of an error (any position).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="Score completions in an FEA-20K JSONL file with the verifier.")
@@ -214,9 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. Bad input: one line `fea <command>: error: ...` and exit code 2; a failure of
+    the world (storage unreachable too long): one line and exit code 1; --debug shows tracebacks."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except Exception as err:  # noqa: BLE001 - every failure ends as one line unless --debug
+        if debug:
+            raise
+        code, line = preflight.describe_failure(_command_name(args), err)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(part for part in (args.command, getattr(args, "model_command", None)) if part)
 
 
 if __name__ == "__main__":
