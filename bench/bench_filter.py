@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
 TARGET_CHARS = 1200
-TARGET_PER_S = 50_000
+TARGET_PER_S = 10_000
 FILLER_WORDS = ("the face shows a clear pattern of movement around the eyes and mouth while the lighting stays "
                 "even across the forehead and cheeks so each feature reads plainly").split()
 
@@ -105,7 +105,7 @@ def main() -> None:
         rows.append({"policy": policy, "items": len(items), "accepted": accepted, "mean_chars": round(mean_chars),
                      "cpu_seconds": seconds, "verifications_per_s": rate, "us_per_item": 1e6 * seconds / len(items)})
         ratios.append(common.ratio_row(f"{policy}: verifications/s on one core vs target", rate, TARGET_PER_S,
-                                       ">= 1.0 (50,000/s)", rate >= TARGET_PER_S))
+                                       ">= 1.0 (10,000/s)", rate >= TARGET_PER_S))
     common.print_table("filter", rows)
     common.print_table("vs target", ratios)
     notes = [f"Mix per 10 completions: 4 that pass strict, 1 wrong label, 1 extra AU, 1 forbidden word, "
@@ -113,7 +113,7 @@ def main() -> None:
              f"(~300 Qwen tokens). Gold from {len(samples)} synthetic faces. Best of {args.repeats} passes of "
              f"verify_batch, CPU time of this single thread (time.process_time)."]
     if not args.no_record:
-        common.append_entry("filter throughput (item 4)", common.command_line(), info, rows, ratios, notes)
+        common.record_run("filter throughput (item 4)", common.command_line(), info, rows, ratios, notes)
 
 
 if __name__ == "__main__":

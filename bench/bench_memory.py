@@ -62,7 +62,7 @@ def read_bandwidth_pair(sizes_mb) -> list[dict[int, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; record nothing")
     args = parser.parse_args()
     info = common.machine()
     alone = read_bandwidth(SIZES_MB)
@@ -78,7 +78,7 @@ def main() -> None:
              "a decode batch's KV below that size (generation.decode_cache_mb); with two generators the "
              "cache is shared."]
     if not args.no_record:
-        common.append_entry("read bandwidth against buffer size (sets generation.decode_cache_mb)",
+        common.record_run("read bandwidth against buffer size (sets generation.decode_cache_mb)",
                             common.command_line(), info, rows, ratios, notes)
 
 

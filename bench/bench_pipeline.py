@@ -116,7 +116,7 @@ def main() -> None:
              f"partition_size {args.partition_size}, strict policy, output on local disk. Best of {args.rounds} runs "
              "(Ray is started once by the script; actors start in every run)."]
     if not args.no_record:
-        common.append_entry("pipeline overhead with the replay backend (item 6)", common.command_line(), info, rows,
+        common.record_run("pipeline overhead with the replay backend (item 6)", common.command_line(), info, rows,
                             ratios, notes)
 
 

@@ -496,7 +496,7 @@ def main() -> None:
     parser.add_argument("--policy", choices=["strict", "paper"], default="strict")
     parser.add_argument("--rounds", type=int, default=1, help="alternations of baseline and candidate")
     parser.add_argument("--processes", type=int, default=1, help="decode-cache part: processes at once")
-    parser.add_argument("--no-record", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    parser.add_argument("--no-record", action="store_true", help="print only; record nothing")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
@@ -517,7 +517,7 @@ def main() -> None:
             common.print_table(f"synthesis: {part}", rows)
             common.print_table("ratios", ratios)
             if not args.no_record:
-                common.append_entry(f"synthesis {part} ({PART_ITEMS[part]})", common.command_line(), info, rows,
+                common.record_run(f"synthesis {part} ({PART_ITEMS[part]})", common.command_line(), info, rows,
                                     ratios, notes)
             info["load_avg_start"] = common.load()
     finally:

@@ -229,7 +229,7 @@ def main() -> None:
              f"{args.completion_tokens}, beta 0.04, temperature 1.0, the verifier reward functions "
              "(trainer.rewards.VerifierRewards) on both sides; ours also records every reward to rewards.jsonl."]
     if not args.no_record:
-        common.append_entry("training step time (item 7)", common.command_line(), info, rows, ratios, notes)
+        common.record_run("training step time (item 7)", common.command_line(), info, rows, ratios, notes)
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def main() -> None:
              "left for it (read back from a run before the timed rounds); bytes_written_MB is what both of "
              "these sides put there."]
     if not args.no_record:
-        common.append_entry("shard writer (item 5)", common.command_line(), info, rows, ratios, notes)
+        common.record_run("shard writer (item 5)", common.command_line(), info, rows, ratios, notes)
 
 
 if __name__ == "__main__":

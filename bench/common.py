@@ -1,5 +1,5 @@
 """What every benchmark shares: the machine description, shared inputs (tiny model, synthetic faces),
-a table printer, and the dated entry appended to BENCHMARKS.md.
+a table printer, and the run record (bench/results/<script>.jsonl) from which BENCHMARKS.md is rendered.
 
 Ratios are always taken between a baseline and a candidate measured in the same process, alternating,
 because absolute times on a shared machine drift.
@@ -13,14 +13,17 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+from bench import render_benchmarks
+from bench.tables import table
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # Inputs shared by several benchmarks are built once here (same seed -> same bytes).
 CACHE = Path(os.environ.get("FEA_BENCH_CACHE", "/tmp/fea-bench-cache"))
-ENTRY_DATE = os.environ.get("FEA_BENCH_DATE", "2026-11-26")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,42 +73,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def machine_line(info: dict[str, Any]) -> str:
-    return (f"{info['cores']} cores, {info['cpu']}; GPU: {info['gpu']}; Python {info['python']}, "
-            f"torch {info['torch']}")
-
-
 # ---------------------------------------------------------------- tables
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A Markdown table (also readable in a terminal)."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    head = "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |" for r in cells]
-    return "\n".join([head, rule, *body])
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 100:
-            return f"{value:,.0f}"
-        if abs(value) >= 1:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value)
-
-
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     print(f"\n## {title}\n{table(rows, columns)}\n", flush=True)
 
 
-# ---------------------------------------------------------------- BENCHMARKS.md
+# ---------------------------------------------------------------- records and BENCHMARKS.md
 def command_line() -> str:
     """How this benchmark was started, repeatable from the repository root."""
     script = Path(sys.argv[0]).resolve()
@@ -116,29 +89,27 @@ def command_line() -> str:
     return " ".join([".venv/bin/python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
 
 
-def append_entry(name: str, command: str, machine_info: dict[str, Any], rows: Sequence[dict[str, Any]],
-                 ratios: Sequence[dict[str, Any]], notes: Iterable[str] = (), columns: Sequence[str] | None = None,
-                 path: Path = BENCHMARKS_MD) -> str:
-    """Append one dated Markdown section to BENCHMARKS.md; returns the text appended."""
-    load_end = load()
-    lines = [f"## {ENTRY_DATE} · {name}", "",
-             f"- Command: `{command}`",
-             f"- Machine: {machine_line(machine_info)}",
-             f"- Load average (1/5/15 min) at start {machine_info['load_avg_start']}, at end {load_end}",
-             "", table(rows, columns), ""]
-    if ratios:
-        lines += ["Ratios (candidate over baseline, measured in the same process):", "",
-                  table(ratios), ""]
-    notes = list(notes)
-    if notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    text = "\n".join(lines) + "\n"
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nEach section is appended by a script in `bench/` (see README); "
-                        "ratios compare a baseline and a candidate run alternately in one process.\n\n")
-    with path.open("a", encoding="utf-8") as f:
-        f.write(text)
-    return text
+def record_run(name: str, command: str, machine_info: dict[str, Any], rows: Sequence[dict[str, Any]],
+               ratios: Sequence[dict[str, Any]], notes: Iterable[str] = (), columns: Sequence[str] | None = None,
+               results: Path = render_benchmarks.RESULTS, page: Path = BENCHMARKS_MD) -> dict[str, Any]:
+    """Append the run's record to bench/results/<script>.jsonl and render BENCHMARKS.md again."""
+    now = datetime.now(timezone.utc)
+    machine_only = {k: v for k, v in machine_info.items() if k != "load_avg_start"}
+    record = {"schema": render_benchmarks.SCHEMA, "date": os.environ.get("FEA_BENCH_DATE", now.date().isoformat()),
+              "recorded_at": now.isoformat(timespec="seconds"), "bench": bench_name(), "name": name,
+              "command": command, "machine": machine_only,
+              "load_avg": {"start": list(machine_info["load_avg_start"]), "end": list(load())},
+              "columns": list(columns or (rows[0].keys() if rows else [])), "rows": [dict(r) for r in rows],
+              "ratios": [dict(r) for r in ratios], "notes": list(notes)}
+    results.mkdir(parents=True, exist_ok=True)
+    render_benchmarks.append_record(record, results)
+    render_benchmarks.write_page(results, page)
+    return record
+
+
+def bench_name() -> str:
+    """The results file a run of this script goes to: bench/bench_synth.py -> synth."""
+    return Path(sys.argv[0]).stem.removeprefix("bench_")
 
 
 def ratio_row(metric: str, candidate: float, baseline: float, target: str, met: bool | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Run every CPU benchmark in turn (`make bench`); each appends its own entry to BENCHMARKS.md.
+"""Run every CPU benchmark in turn (`make bench`); each records its run in bench/results and renders BENCHMARKS.md.
 
 bench/gpu_device.py is not run here: it is meant for a GPU machine (see its docstring).
 """
