@@ -1,9 +1,17 @@
-"""FACS vocabulary: the 30 Action Units, the eight emotion nouns, per-dataset label sets, EMFACS
-prototypes, and the normalisation of AU ids and emotion words.
+"""FACS vocabulary: the FACS code set, the wording of the 30 Action Units the Facial-R1 prompt
+defines, the eight emotion nouns, per-dataset label sets, EMFACS prototypes, and the normalisation of
+AU ids and labels.
 
-Canonical forms: AU ids are "AU" + integer without zero padding ("AU4", "AU12"); emotions are the
-eight nouns of EMOTIONS. Anything that cannot be mapped onto those is reported (None / unknown
-list), never guessed.
+Canonical forms: AU ids are "AU" + integer without zero padding ("AU4", "AU12"). Every FACS code is
+valid: AU1-AU46, the head and eye codes 51-66, 70-72 and 80-85 (the issue-level spec of this project;
+the 30 prompt AUs have wording, any other valid id is named by its id). Side and intensity marks
+normalise to the base id ("R12A", "L14B", "AU12E", "AU 4" -> "AU12", "AU14", "AU12", "AU4").
+
+Unknown is not absent: an empty gold AU list means the AUs are *unknown* (emotion-only sources such
+as RAF-DB); a face known to show no AU at all says so with the one explicit form NO_AU ("AU0", FACS
+code 0, "neutral face"), alone in its list. Labels are open: the eight nouns (with their adjectives
+and simple synonyms) map onto EMOTIONS, any other label is kept lower-cased with single spaces
+("Bitter Sweet " -> "bitter sweet"). Anything that cannot be mapped is reported, never guessed.
 """
 from __future__ import annotations
 
@@ -44,7 +52,12 @@ AU_DESCRIPTIONS: dict[str, str] = {
     "AU43": "eyes closed",
 }
 AU_IDS: tuple[str, ...] = tuple(AU_DESCRIPTIONS)
-_AU_NUMBERS: frozenset[int] = frozenset(int(au[2:]) for au in AU_IDS)
+# Every valid FACS code number: action units 1-46, head and eye positions 51-66, visibility 70-72 and
+# gross behaviour 80-85.
+FACS_NUMBERS: frozenset[int] = frozenset([*range(1, 47), *range(51, 67), 70, 71, 72, *range(80, 86)])
+FACS_IDS: tuple[str, ...] = tuple(f"AU{n}" for n in sorted(FACS_NUMBERS))
+# The explicit "this face shows no Action Unit" form (FACS code 0, neutral face); an empty list means unknown.
+NO_AU = "AU0"
 
 EMOTIONS: tuple[str, ...] = ("anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise")
 _SEVEN = tuple(e for e in EMOTIONS if e != "contempt")
@@ -104,43 +117,81 @@ def label_set_for(dataset: str | None) -> tuple[str, ...] | None:
     return _DATASET_BY_LOWER.get(dataset.strip().lower())
 
 
+def is_facs_id(au_id: str) -> bool:
+    """A canonical id of a valid FACS code ("AU33" yes, "AU3"... see FACS_NUMBERS; "AU04", "AU99" no)."""
+    return au_id.startswith("AU") and au_id[2:].isdigit() and au_id[2:3] != "0" and int(au_id[2:]) in FACS_NUMBERS
+
+
 def au_number(au_id: str) -> int:
-    """The number of a canonical AU id ("AU12" -> 12)."""
-    if au_id not in AU_DESCRIPTIONS:
+    """The number of a canonical FACS id ("AU12" -> 12, NO_AU -> 0)."""
+    if au_id != NO_AU and not is_facs_id(au_id):
         raise ValueError(f"not a canonical AU id: {au_id!r}")
     return int(au_id[2:])
 
 
+def au_name(au_id: str) -> str | None:
+    """The prompt's wording for an AU ("AU4" -> "brow lowerer"); None for ids it has no wording for."""
+    return AU_DESCRIPTIONS.get(au_id)
+
+
 def normalize_au(token: str) -> str | None:
-    """"AU04", "au 4", "AU12B", "L12", "R14", "AU12L", "12B" -> canonical id; None when the token is
-    not an AU id or its number is not one of the 30 AUs."""
+    """"AU04", "au 4", "AU12B", "L12", "R14", "R12A", "AU12L", "12B" -> canonical id; "AU0" -> NO_AU;
+    None when the token is not an AU id or its number is no FACS code."""
     match = _AU_TOKEN.fullmatch(token.strip())
     if match is None:
         return None
     number = int(match.group(2))
-    if number not in _AU_NUMBERS:
+    if number == 0 and not match.group(1):
+        return NO_AU
+    if number not in FACS_NUMBERS:
         return None
     return f"AU{number}"
 
 
 def normalize_aus(tokens: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(canonical ids, unique and sorted numerically; unknown tokens, stripped, in first-seen order)."""
+    """(canonical ids, unique and sorted numerically; tokens that are no FACS id, stripped, in
+    first-seen order). NO_AU next to real AUs contradicts them and is reported as unknown."""
     known: set[str] = set()
     unknown: list[str] = []
+    no_au: list[str] = []  # the tokens that said "no AU", reported if real AUs contradict them
     for token in tokens:
         canonical = normalize_au(token)
-        if canonical is not None:
+        if canonical == NO_AU:
+            no_au.append(token.strip())
+        elif canonical is not None:
             known.add(canonical)
-        else:
-            shown = token.strip()
-            if shown not in unknown:
-                unknown.append(shown)
+        elif token.strip() not in unknown:
+            unknown.append(token.strip())
+    if no_au and not known:
+        known.add(NO_AU)
+    elif no_au:
+        unknown += [shown for shown in dict.fromkeys(no_au) if shown not in unknown]
     return sort_aus(known), tuple(unknown)
+
+
+def aus_known(aus: Iterable[str]) -> bool:
+    """Whether a gold AU list states the face's AUs (non-empty, NO_AU included) or leaves them unknown."""
+    return any(True for _ in aus)
+
+
+def present_aus(aus: Iterable[str]) -> tuple[str, ...]:
+    """The AUs a gold list says are present: NO_AU stands for none."""
+    return tuple(au for au in aus if au != NO_AU)
 
 
 def sort_aus(au_ids: Iterable[str]) -> tuple[str, ...]:
     """Canonical ids in numeric order (AU2 before AU10), duplicates removed."""
     return tuple(sorted(set(au_ids), key=au_number))
+
+
+def normalize_label(word: str) -> str | None:
+    """Any label -> its compared form: an emotion noun where the word names one of the eight ("Happy"
+    -> "happiness"), else the word lower-cased with single spaces and no wrapping punctuation
+    ("Bitter Sweet." -> "bitter sweet"); None when nothing is left."""
+    cleaned = " ".join(word.strip(_LABEL_STRIP).lower().split())
+    if not cleaned:
+        return None
+    return _EMOTION_WORDS.get(cleaned, cleaned)
 
 
 def normalize_emotion(word: str, label_set: Sequence[str] | None = None) -> str | None:

@@ -2,25 +2,32 @@
 `<think>...</think><answer>...</answer>`. Filter actors, GRPO rewards, evaluation and `fea score`
 all call this module, so a completion gets the same score everywhere.
 
-Rewards follow the Facial-R1 public code, with one documented difference: AU mentions inside
-<think> are normalised ("AU04", "au 4", "AU12B", "AU12L" -> "AU4"/"AU12") before the F1, and the
-answer word is normalised ("Happy" -> "happiness") before the comparison, because the filter, the
-reward and evaluation must agree on what a correct mention is. AU-like mentions whose number is not
-one of the 30 AUs ("AU99", "AU3") stay in the predicted set as false positives, as in the paper's
-raw regex. The paper's raw, case-sensitive matching is kept in `raw_au_ids` and drives the `paper`
-acceptance policy.
+Unknown is not absent. An empty gold AU list means the AUs are unknown (emotion-only sources):
+R_AU = 0 and no policy checks AUs. An empty gold label list means the emotion is unknown (AU-only
+sources): R_acc = cfg.acc_without_label (0.5, the paper's code) and no policy checks the answer. A
+face known to show no AU has the gold list [NO_AU] ("AU0"): it must mention no AU id, and R_AU is
+1 when it mentions none, -1 otherwise (2*F1 - 1 with F1 of two empty sets taken as 1).
+
+Rewards follow the Facial-R1 public code (grpo_jsonl.py: au_reward, default_accuracy_reward,
+format_reward), with one documented difference: AU mentions inside <think> are normalised ("AU04",
+"au 4", "AU12B", "AU12L" -> "AU4"/"AU12") before the F1, and the answer is normalised ("Happy" ->
+"happiness", "Bitter Sweet" -> "bitter sweet") before the comparison, because the filter, the reward
+and evaluation must agree on what a correct mention is. AU-like mentions whose number is no FACS
+code ("AU99", "AU47") stay in the predicted set as false positives, as in the paper's raw regex.
 
 Acceptance policies (cfg.policy):
-- "paper": the public code's filter. The set of raw AU ids (`AU\\d+`, case-sensitive) over the whole
-  output equals the gold set, and the set of comma-separated labels in the answer equals the gold
-  label set (so an answer given for a sample without labels is a mismatch). Format problems are
-  reported in `reasons` but do not block acceptance.
-- "strict": normalised AUs inside <think> equal the gold set, no unknown AU ids there, the normalised
-  answer equals the gold label (within the dataset's label set; for a sample without a label it
-  must still name one of the eight emotions), the format passes, none of
-  cfg.forbidden_words in the think text (contractions such as "isn't" and "cannot" count as "not"), no
-  echo of the label hint (cfg.hint_phrases) in the think text, and the think length, in
-  whitespace-separated words, within [min_think_words, max_think_words].
+- "paper": the public code's synthesis filter (src/eval/infer_emotion.py: extract_aus,
+  extract_labels, the match_aus / match_labels rules), exactly. Predicted AUs are the set of
+  `AU\\d+` matches (case-sensitive, unnormalised) over the whole output; predicted labels are the
+  first <answer>...</answer>, split on "," "、" "，", stripped, as a set. Each is compared with the
+  gold set only when that gold list is known (`True if not gold else gold == pred`). A missing or
+  empty <think> or first <answer> is reported (no_think, no_answer) but does not block acceptance.
+- "strict": when the AUs are known, the normalised AUs inside <think> equal the gold set; no AU id
+  there that is no FACS code; when the label is known, the normalised answer equals the normalised
+  first gold label; the format passes, none of cfg.forbidden_words in the think text (contractions
+  such as "isn't" and "cannot" count as "not"), no echo of the label hint (cfg.hint_phrases) in the
+  think text, and the think length, in whitespace-separated words, within
+  [min_think_words, max_think_words].
 
 Reasons are stable machine-readable strings: "format", "no_think", "no_answer", "au_missing:AU4",
 "au_extra:AU9", "au_unknown:AU99", "label_mismatch:sadness!=anger", "forbidden_word:not",
@@ -41,7 +48,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from engine.core.config import VerifierConfig
-from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, normalize_au, normalize_emotion
+from engine.core.facs import FACS_IDS, NO_AU, normalize_au, normalize_label
 from engine.core.types import Scores, Verdict
 
 VERIFIER_VERSION = "1"
@@ -52,6 +59,11 @@ ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 PAPER_FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 # The paper's AU regex: case-sensitive, no normalisation ("AU04" stays "AU04", "au4" is not found).
 PAPER_AU_RE = re.compile(r"AU\d+")
+# The paper's filter reads the first <think> and the first <answer> (re.search, lazy, DOTALL) and
+# splits the answer on ASCII, ideographic and full-width commas (infer_emotion.py: extract_labels).
+PAPER_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+PAPER_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+PAPER_LABEL_SPLIT_RE = re.compile(r"[,\u3001\uff0c]")
 # An AU mention in upper-cased free text: "AU" (a literal first, so the scan is fast) not glued to a
 # preceding letter or digit unless that is a side mark ("LAU12"), an optional separator, the number,
 # then an intensity letter and/or side mark when the token ends there, otherwise just the number
@@ -64,8 +76,8 @@ _MENTION_RE = re.compile(
 _MENTION_LOWER_RE = re.compile(
     r"au(?:(?<![^\W_]au)|(?<=[lr]au)(?<![^\W_][lr]au))[ _-]?0*(\d+)(?:[a-e]?[lr]?(?![^\W_])|(?!\d))",
     re.ASCII)
-_NUMBER_TO_AU = {au[2:]: au for au in AU_DESCRIPTIONS}
-_AU_ORDER = {au: i for i, au in enumerate(AU_DESCRIPTIONS)}
+_NUMBER_TO_AU = {au[2:]: au for au in FACS_IDS}
+_AU_ORDER = {au: i for i, au in enumerate((NO_AU, *FACS_IDS))}
 
 
 class Parsed(NamedTuple):
@@ -73,7 +85,7 @@ class Parsed(NamedTuple):
     answer: str | None  # stripped text of the last <answer>...</answer>; None when missing
     think_aus: tuple[str, ...]  # canonical AU ids mentioned inside <think>, sorted numerically
     all_aus: tuple[str, ...]  # canonical AU ids mentioned anywhere in the completion
-    unknown_aus: tuple[str, ...]  # AU-like mentions inside <think> that are not one of the 30 AUs
+    unknown_aus: tuple[str, ...]  # AU-like mentions inside <think> that are no FACS code
     format_ok: bool  # the paper's format regex matches the whole completion
 
 
@@ -188,14 +200,19 @@ def parse_completion(text: str) -> Parsed:
 
 # ---------------------------------------------------------------- rewards
 def r_au(pred_aus: Iterable[str], gold_aus: Iterable[str]) -> float:
-    """2*F1 - 1 over AU id sets; 0 without gold AUs; -1 when gold exists and nothing is predicted."""
-    return _au_reward(set(pred_aus), set(gold_aus))
+    """2*F1 - 1 over AU id sets; 0 when the gold AUs are unknown (empty list); -1 when gold exists
+    and nothing is predicted; for gold [NO_AU]: 1 when nothing is predicted, else -1."""
+    gold = set(gold_aus)
+    return _au_reward(set(pred_aus), gold - {NO_AU}, bool(gold))
 
 
-def _au_reward(pred: AbstractSet[str], gold: AbstractSet[str]) -> float:
-    """r_au for ids already in sets (the fast path keeps the gold set prepared)."""
-    if not gold:
+def _au_reward(pred: AbstractSet[str], gold: AbstractSet[str], known: bool = True) -> float:
+    """r_au for ids already in sets (the fast path keeps the gold set prepared); `gold` holds the
+    present AUs, `known` whether the gold list stated them at all."""
+    if not known:
         return 0.0
+    if not gold:
+        return -1.0 if pred else 1.0
     if not pred:
         return -1.0
     # F1 = 2PR/(P+R) = 2*TP/(|pred|+|gold|)
@@ -204,13 +221,14 @@ def _au_reward(pred: AbstractSet[str], gold: AbstractSet[str]) -> float:
 
 def r_acc(answer: str | None, gold_labels: Sequence[str], *, label_set: Sequence[str] | None = None,
           without_label: float = 0.5) -> float:
-    """1 when the normalised last answer equals the gold label, else 0; `without_label` when the
-    sample has no gold label (the paper's code returns 0.5)."""
+    """1 when the normalised last answer equals the normalised first gold label, else 0;
+    `without_label` when the emotion is unknown (the paper's code returns 0.5). `label_set` is
+    accepted for compatibility: labels are open, so it changes nothing."""
     if not gold_labels:
         return without_label
     if answer is None:
         return 0.0
-    return 1.0 if normalize_emotion(answer, label_set) == gold_label(gold_labels) else 0.0
+    return 1.0 if normalize_label(answer) == gold_label(gold_labels) else 0.0
 
 
 def r_format(text: str) -> float:
@@ -218,9 +236,9 @@ def r_format(text: str) -> float:
 
 
 def gold_label(gold_labels: Sequence[str]) -> str:
-    """The label an answer is compared with: the first gold label, as an emotion noun where it is one."""
+    """The label an answer is compared with: the first gold label, normalised (facs.normalize_label)."""
     first = gold_labels[0]
-    return normalize_emotion(first) or first.strip().lower()
+    return normalize_label(first) or first.strip().lower()
 
 
 def compute_scores(completion: str, gold_aus: Sequence[str], gold_labels: Sequence[str],
@@ -346,11 +364,25 @@ def _shown(text: str | None) -> str:
     return "" if text is None else text.strip().lower()[:40]
 
 
+def paper_first_answer(text: str) -> str | None:
+    """The content of the first <answer>...</answer> as the paper's filter finds it (unstripped)."""
+    match = PAPER_ANSWER_RE.search(text)
+    return None if match is None else match.group(1)
+
+
 def paper_answer_labels(answer: str | None) -> frozenset[str]:
-    """The paper's filter reads the answer as comma-separated labels, stripped, case-sensitive."""
+    """The paper's filter reads the answer as labels split on , 、 ，, stripped, case-sensitive."""
     if answer is None:
         return frozenset()
-    return frozenset(part.strip() for part in answer.split(",") if part.strip())
+    return frozenset(part.strip() for part in PAPER_LABEL_SPLIT_RE.split(answer) if part.strip())
+
+
+def paper_issues(text: str) -> list[str]:
+    """The tag problems the paper's filter reports without blocking: a missing or empty <think>, a
+    missing or empty first <answer>."""
+    think, answer = PAPER_THINK_RE.search(text), PAPER_ANSWER_RE.search(text)
+    return ([] if think and think.group(1).strip() else ["no_think"]) + \
+        ([] if answer and answer.group(1).strip() else ["no_answer"])
 
 
 # ---------------------------------------------------------------- the fast path
@@ -379,11 +411,11 @@ class _Gold(NamedTuple):
     """What verification needs from one sample's gold, prepared once: the attempts of a sample, and
     the rollouts of a GRPO group, share it."""
 
-    aus: frozenset[str]  # normalised gold AUs (rewards, strict)
-    raw_aus: frozenset[str]  # as given (the paper's filter compares raw ids)
+    aus: frozenset[str]  # normalised gold AUs present (NO_AU removed: rewards, strict)
+    aus_known: bool  # the gold list stated the AUs (non-empty); empty = unknown, no AU check
+    raw_aus: frozenset[str]  # as given, NO_AU removed (the paper's filter compares these sets)
     has_label: bool
     label: str  # normalised first gold label ("" without labels)
-    answer_labels: Sequence[str] | None  # the labels an answer is normalised within
     paper_labels: frozenset[str]
     paper_labels_shown: str
 
@@ -397,12 +429,10 @@ def _gold_prepared(gold_aus: tuple[str, ...], gold_labels: tuple[str, ...],
                    label_set: tuple[str, ...] | None) -> _Gold:
     # Gold ids the vocabulary does not know stay as given: they can never be matched, so they show
     # up as au_missing instead of disappearing.
-    aus = frozenset(au if au in AU_DESCRIPTIONS else (normalize_au(au) or au) for au in gold_aus)
-    # Without a gold label (AU-only data) the answer must still name one of the eight emotions.
-    answer_labels = label_set if gold_labels else (label_set or EMOTIONS)
+    aus = frozenset(au if au in _AU_ORDER else (normalize_au(au) or au) for au in gold_aus) - {NO_AU}
     paper_labels = frozenset(gold_labels)
-    return _Gold(aus, frozenset(gold_aus), bool(gold_labels), gold_label(gold_labels) if gold_labels else "",
-                 answer_labels, paper_labels, ",".join(sorted(paper_labels)))
+    return _Gold(aus, bool(gold_aus), frozenset(gold_aus) - {NO_AU}, bool(gold_labels),
+                 gold_label(gold_labels) if gold_labels else "", paper_labels, ",".join(sorted(paper_labels)))
 
 
 def _read(text: str) -> tuple[str | None, str, str | None, set[str], list[str], bool]:
@@ -421,14 +451,13 @@ def _read(text: str) -> tuple[str | None, str, str | None, set[str], list[str], 
 
 
 def _answer_label(answer: str | None, gold: _Gold) -> str | None:
-    return None if answer is None else normalize_emotion(answer, gold.answer_labels)
+    return None if answer is None else normalize_label(answer)
 
 
 def _scores(plan: _Plan, gold: _Gold, known: set[str], unknown: list[str], predicted: str | None,
             fmt_ok: bool) -> Scores:
     # r_au, with hallucinated ids as false positives (as in the raw regex)
-    au = _au_reward(known.union(unknown) if unknown else known, gold.aus)
-    # r_acc: an answer outside the label set normalises to None, which never equals the gold label
+    au = _au_reward(known.union(unknown) if unknown else known, gold.aus, gold.aus_known)
     acc = (1.0 if predicted == gold.label else 0.0) if gold.has_label else plan.acc_without_label
     fmt = 1.0 if fmt_ok else 0.0
     total = plan.au_weight * au + plan.acc_weight * acc + plan.format_weight * fmt
@@ -471,34 +500,34 @@ def _verify(completion: str, gold: _Gold, plan: _Plan, sample_id: str, attempt: 
     predicted = _answer_label(answer, gold)
     scores = _scores(plan, gold, known, unknown, predicted, fmt_ok)
     if not plan.strict:
-        return _paper_verdict(completion, answer, think is not None, fmt_ok, gold, scores, sample_id, attempt)
+        return _paper_verdict(completion, gold, scores, sample_id, attempt)
     reasons = [] if fmt_ok else ["format"]
     if think is None:
         reasons.append("no_think")
     if not answer:
         reasons.append("no_answer")
-    if known != gold.aus:
+    if gold.aus_known and known != gold.aus:
         reasons += _au_set_reasons(known, gold.aus)
     if unknown:
         reasons += [f"au_unknown:{au}" for au in unknown]
-    if answer and (predicted != gold.label if gold.has_label else predicted is None):
-        expected = gold.label if gold.has_label else "<emotion>"
-        reasons.append(f"label_mismatch:{predicted or _shown(answer)}!={expected}")
+    if answer and gold.has_label and predicted != gold.label:
+        reasons.append(f"label_mismatch:{predicted or _shown(answer)}!={gold.label}")
     reasons += _wording_reasons(think or "", lower, plan)
     return _verdict(sample_id, attempt, scores, not reasons, tuple(reasons),
                     _sorted(known), predicted, "strict")
 
 
-def _paper_verdict(completion: str, answer: str | None, has_think: bool, fmt_ok: bool, gold: _Gold,
-                   scores: Scores, sample_id: str, attempt: int) -> Verdict:
+def _paper_verdict(completion: str, gold: _Gold, scores: Scores, sample_id: str, attempt: int) -> Verdict:
+    """infer_emotion.py's rule: match_aus = True if not gold_aus else gold_aus == pred_aus, the same
+    for labels; only those two block acceptance."""
     raw = raw_au_ids(completion)
-    blocking = [] if raw == gold.raw_aus else _au_set_reasons(raw, gold.raw_aus)
+    blocking = _au_set_reasons(raw, gold.raw_aus) if gold.aus_known else []
+    answer = paper_first_answer(completion)
     labels = paper_answer_labels(answer)
-    if labels != gold.paper_labels:
+    if gold.has_label and labels != gold.paper_labels:
         blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={gold.paper_labels_shown}")
-    notes = ([] if fmt_ok else ["format"]) + ([] if has_think else ["no_think"]) + ([] if answer else ["no_answer"])
-    return _verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), _sorted(raw), answer,
-                    "paper")
+    return _verdict(sample_id, attempt, scores, not blocking, tuple(blocking + paper_issues(completion)),
+                    _sorted(raw), None if answer is None else answer.strip(), "paper")
 
 
 def verify(completion: str, gold_aus: Sequence[str], gold_labels: Sequence[str], cfg: VerifierConfig, *,

@@ -9,6 +9,8 @@ from engine.core.facs import (
     AU_DESCRIPTIONS,
     AU_IDS,
     DATASET_LABELS,
+    FACS_IDS,
+    NO_AU,
     EMOTIONS,
     PROTOTYPES,
     au_number,
@@ -62,15 +64,16 @@ def test_normalize_au_accepts_padding_case_intensity_and_side(token, expected):
     assert normalize_au(token) == expected
 
 
-@pytest.mark.parametrize("token", ["AU99", "AU3", "AU0", "AU", "", "brow", "AU12F", "AU 12 B", "X12", "AU1234"])
+@pytest.mark.parametrize("token", ["AU99", "AU47", "AU50", "AU67", "AU73", "AU86", "AU", "", "brow", "AU12F",
+                                   "AU 12 B", "X12", "AU1234", "L0"])
 def test_normalize_au_refuses_unknown_ids(token):
     assert normalize_au(token) is None
 
 
 def test_normalize_aus_sorts_numerically_and_reports_unknown():
-    known, unknown = normalize_aus(["AU12", "au 2", "AU99", "AU04", "L12", "AU3", "AU99"])
+    known, unknown = normalize_aus(["AU12", "au 2", "AU99", "AU04", "L12", "AU47", "AU99"])
     assert known == ("AU2", "AU4", "AU12")
-    assert unknown == ("AU99", "AU3")
+    assert unknown == ("AU99", "AU47")
 
 
 def test_au_number_refuses_non_canonical():
@@ -119,7 +122,7 @@ def test_every_written_form_round_trips_to_the_canonical_id(number, variant):
 def test_normalize_au_is_idempotent_and_only_returns_canonical_ids(token):
     result = normalize_au(token)
     if result is not None:
-        assert result in AU_DESCRIPTIONS
+        assert result in FACS_IDS or result == NO_AU
         assert normalize_au(result) == result
 
 
@@ -137,3 +140,39 @@ def test_normalize_emotion_is_idempotent(word):
     if noun is not None:
         assert noun in EMOTIONS
         assert normalize_emotion(noun) == noun
+
+
+# ---------------------------------------------------------------- the FACS code set, open labels
+@pytest.mark.parametrize("token,expected", [
+    ("R12A", "AU12"), ("L14B", "AU14"), ("AU12E", "AU12"), ("AU 4", "AU4"), ("AU33", "AU33"), ("AU37", "AU37"),
+    ("AU39", "AU39"), ("AU46", "AU46"), ("AU51", "AU51"), ("AU66", "AU66"), ("AU70", "AU70"), ("AU72", "AU72"),
+    ("AU80", "AU80"), ("AU85", "AU85"), ("30", "AU30"), ("AU0", NO_AU), ("AU00", NO_AU),
+])
+def test_every_facs_code_normalises_to_its_base_id(token, expected):
+    assert normalize_au(token) == expected
+
+
+def test_facs_code_set_and_wording():
+    from engine.core.facs import au_name, is_facs_id
+
+    assert len(FACS_IDS) == 46 + 16 + 3 + 6
+    assert all(is_facs_id(au) for au in FACS_IDS)
+    assert not any(is_facs_id(au) for au in ("AU0", "AU47", "AU04", "AU99", "AU", "X4"))
+    assert au_name("AU4") == "brow lowerer" and au_name("AU33") is None  # named by its id in prompts
+
+
+def test_no_au_form_stands_alone():
+    assert normalize_aus(["AU0"]) == ((NO_AU,), ())
+    # "no AU" next to real AUs contradicts them: the real ones are kept, the contradiction reported
+    assert normalize_aus(["AU0", "AU4"]) == (("AU4",), ("AU0",))
+    assert normalize_aus([]) == ((), ())  # empty = unknown
+
+
+@pytest.mark.parametrize("word,expected", [
+    ("Happy", "happiness"), (" SAD. ", "sadness"), ("Confusion", "confusion"), ("Bitter  Sweet!", "bitter sweet"),
+    ("determination", "determination"), ("  ", None), ("...", None),
+])
+def test_normalize_label_keeps_open_labels(word, expected):
+    from engine.core.facs import normalize_label
+
+    assert normalize_label(word) == expected

@@ -130,7 +130,8 @@ def test_r_acc_cases():
     assert r_acc(None, ["sadness"]) == 0.0
     assert r_acc("anger", []) == 0.5
     assert r_acc("anger", [], without_label=0.0) == 0.0
-    assert r_acc("contempt", ["contempt"], label_set=RAF_DB) == 0.0  # outside RAF-DB's label set
+    assert r_acc("contempt", ["contempt"], label_set=RAF_DB) == 1.0  # labels are open: compared exactly
+    assert r_acc("Bitter  Sweet.", ["bitter sweet"]) == 1.0
 
 
 def test_scores_of_a_good_completion():
@@ -217,9 +218,9 @@ def test_strict_au_only_outside_think_is_missing():
 def test_strict_label_mismatch_and_label_set():
     assert strict(completion(GOOD_THINK, "anger")).reasons == ("label_mismatch:anger!=sadness",)
     assert strict(completion(GOOD_THINK, "a sad face")).reasons == ("label_mismatch:a sad face!=sadness",)
-    contempt = strict(completion(GOOD_THINK, "contempt"), labels=("contempt",))
-    assert contempt.reasons == ("label_mismatch:contempt!=contempt",)  # contempt is outside RAF-DB
-    assert strict(completion(GOOD_THINK, "contempt"), labels=("contempt",), label_set=DATASET_LABELS["CK+"]).accepted
+    # labels are open: a gold label outside the dataset's set is compared exactly after normalisation
+    assert strict(completion(GOOD_THINK, "Contempt"), labels=("contempt",)).accepted
+    assert strict(completion(GOOD_THINK, "confusion"), labels=("confusion",)).accepted
 
 
 def test_strict_no_answer_and_no_think():
@@ -268,17 +269,19 @@ def test_strict_length_bounds():
     assert strict(GOOD, cfg=VerifierConfig(min_think_words=0, max_think_words=len(GOOD_THINK.split()))).accepted
 
 
-def test_strict_without_gold_label_requires_an_emotion_word():
+def test_strict_without_gold_label_checks_no_answer():
     text = completion("The brows are drawn together (AU4) and the lids tighten (AU7), a tense look.", "anger")
     assert verify(text, ["AU4", "AU7"], [], CFG, label_set=()).accepted
-    bad = completion("The brows are drawn together (AU4) and the lids tighten (AU7), a tense look.", "AU4, AU7")
-    assert verify(bad, ["AU4", "AU7"], [], CFG, label_set=()).reasons == ("label_mismatch:au4, au7!=<emotion>",)
+    other = completion("The brows are drawn together (AU4) and the lids tighten (AU7), a tense look.", "determination")
+    assert verify(other, ["AU4", "AU7"], [], CFG, label_set=()).accepted
 
 
-def test_strict_empty_gold_aus_requires_no_au_mention():
+def test_strict_no_au_form_requires_no_au_mention():
     calm = completion("The face is relaxed and the features rest in their natural positions.", "neutral")
-    assert verify(calm, [], ["neutral"], CFG).accepted
-    assert verify(calm.replace("relaxed", "relaxed (AU25)"), [], ["neutral"], CFG).reasons == ("au_extra:AU25",)
+    assert verify(calm, ["AU0"], ["neutral"], CFG).accepted
+    assert verify(calm.replace("relaxed", "relaxed (AU25)"), ["AU0"], ["neutral"], CFG).reasons == ("au_extra:AU25",)
+    # an empty list is unknown, not "no AU": any AU mention passes
+    assert verify(calm.replace("relaxed", "relaxed (AU25)"), [], ["neutral"], CFG).accepted
 
 
 # ---------------------------------------------------------------- paper policy
@@ -293,7 +296,7 @@ def test_paper_accepts_exact_sets_over_the_whole_output():
     outside = completion("Brows raised and drawn together, lip corners down.") + " AU1 AU4 AU15"
     v = paper(outside)
     assert v.accepted
-    assert v.reasons == ("format",)  # reported, not blocking
+    assert v.reasons == ()  # the format regex is no part of the paper's filter
     assert v.predicted_aus == GOLD_AUS
 
 
@@ -311,10 +314,10 @@ def test_paper_label_sets_and_missing_tags():
     assert v.reasons == ("label_mismatch:fear,sadness!=sadness",)
     v = paper(f"<think>{GOOD_THINK}</think> sadness")
     assert not v.accepted
-    assert v.reasons == ("label_mismatch:!=sadness", "format", "no_answer")
+    assert v.reasons == ("label_mismatch:!=sadness", "no_answer")
     no_tags = "Brows AU1 AU4 AU15 <answer>sadness</answer>"
     v = paper(no_tags)
-    assert v.accepted and v.reasons == ("format", "no_think")
+    assert v.accepted and v.reasons == ("no_think",)
 
 
 def test_paper_and_strict_share_the_rewards():

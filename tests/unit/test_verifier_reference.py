@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.core.config import VerifierConfig
-from engine.core.facs import AU_DESCRIPTIONS, DATASET_LABELS, EMOTIONS, normalize_au, normalize_emotion
+from engine.core.facs import DATASET_LABELS, EMOTIONS, FACS_IDS, NO_AU, normalize_au, normalize_label
 from engine.core.types import Scores, Verdict
 from engine.core.verifier import (
     _MENTION_RE,
@@ -41,7 +41,7 @@ def ref_mentions(text: str) -> tuple[set[str], list[str]]:
     known, unknown = set(), []
     for number in _MENTION_RE.findall(text.upper()):
         au = f"AU{number}"
-        if au in AU_DESCRIPTIONS:
+        if au in FACS_IDS:
             known.add(au)
         elif au not in unknown:
             unknown.append(au)
@@ -74,40 +74,42 @@ def ref_verdict(completion, gold_aus, gold_labels, cfg, label_set=None, sample_i
     answer = answer_match.group(1).strip() if answer_match else None
     format_ok = PAPER_FORMAT_RE.fullmatch(completion) is not None
     known, unknown = ref_mentions(think) if think is not None else (set(), [])
-    gold = {au if au in AU_DESCRIPTIONS else (normalize_au(au) or au) for au in gold_aus}
-    expected = (normalize_emotion(gold_labels[0]) or gold_labels[0].strip().lower()) if gold_labels else None
+    gold = {au if au in FACS_IDS else (normalize_au(au) or au) for au in gold_aus} - {NO_AU}
+    expected = (normalize_label(gold_labels[0]) or gold_labels[0].strip().lower()) if gold_labels else None
 
     pred = known | set(unknown)
-    au = 0.0 if not gold else -1.0 if not pred else 2 * (2 * len(pred & gold) / (len(pred) + len(gold))) - 1
+    if not gold_aus:  # unknown AUs
+        au = 0.0
+    elif not gold:  # the explicit "no AU" form
+        au = -1.0 if pred else 1.0
+    else:
+        au = -1.0 if not pred else 2 * (2 * len(pred & gold) / (len(pred) + len(gold))) - 1
     if not gold_labels:
         acc = cfg.acc_without_label
     else:
-        acc = float(answer is not None and normalize_emotion(answer, label_set) == expected)
+        acc = float(answer is not None and normalize_label(answer) == expected)
     fmt = float(format_ok)
     total = cfg.au_weight * au + cfg.acc_weight * acc + cfg.format_weight * fmt
     scores = Scores(au, acc, fmt, max(-cfg.total_clamp, min(cfg.total_clamp, total)))
 
     if cfg.policy == "paper":
         raw = set(re.findall(r"AU\d+", completion))
-        blocking = ref_au_reasons(raw, gold_aus)
-        labels = {part.strip() for part in (answer or "").split(",") if part.strip()}
-        if labels != set(gold_labels):
+        blocking = ref_au_reasons(raw, set(gold_aus) - {NO_AU}) if gold_aus else []
+        first = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
+        first_answer = first.group(1) if first else None
+        labels = {part.strip() for part in re.split(r"[,、，]", first_answer or "") if part.strip()}
+        if gold_labels and labels != set(gold_labels):
             blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={','.join(sorted(set(gold_labels)))}")
-        notes = ["format"] * (not format_ok) + ["no_think"] * (think is None) + ["no_answer"] * (not answer)
-        return Verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), ref_sorted(raw), answer,
-                       "paper", VERIFIER_VERSION)
+        notes = ["no_think"] * (not (think or "").strip()) + ["no_answer"] * (not (first_answer or "").strip())
+        return Verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), ref_sorted(raw),
+                       None if first_answer is None else first_answer.strip(), "paper", VERIFIER_VERSION)
 
     reasons = ["format"] * (not format_ok) + ["no_think"] * (think is None) + ["no_answer"] * (not answer)
-    reasons += ref_au_reasons(known, gold) + [f"au_unknown:{au}" for au in unknown]
+    reasons += (ref_au_reasons(known, gold) if gold_aus else []) + [f"au_unknown:{au}" for au in unknown]
     shown = "" if answer is None else answer.strip().lower()[:40]
-    if gold_labels:
-        predicted = None if answer is None else normalize_emotion(answer, label_set)
-        if answer and predicted != expected:
-            reasons.append(f"label_mismatch:{predicted or shown}!={expected}")
-    else:
-        predicted = None if answer is None else normalize_emotion(answer, label_set or EMOTIONS)
-        if answer and predicted is None:
-            reasons.append(f"label_mismatch:{shown}!=<emotion>")
+    predicted = None if answer is None else normalize_label(answer)
+    if gold_labels and answer and predicted != expected:
+        reasons.append(f"label_mismatch:{predicted or shown}!={expected}")
     text = think or ""
     reasons += [f"forbidden_word:{w}" for w in ref_forbidden(text, cfg.forbidden_words)]
     reasons += [f"hint_echo:{p.lower()}" for p in cfg.hint_phrases if p.strip() and p.lower() in text.lower()]
@@ -131,7 +133,7 @@ _TEXT = ["the", "brows", "are", "raised", "lip", "corners", "sad", "happy", "ang
          "ß", "é", "İ", "\u212a", "ſ", "\u2003", "\x1c", "\t", "\n", "  ", "7", "_", "ı"]
 _TAGS = ["<think>", "</think>", "<answer>", "</answer>", "\n"]
 _ANSWERS = ["sadness", "Sad", " happiness ", "fear, sadness", "sadness, fear", "contempt", "AU4, AU7", "", "a sad face",
-            "surprised!", "Neutral", "joy"]
+            "surprised!", "Neutral", "joy", "Confusion", "fear，sadness", "fear; sadness"]
 
 
 def _piece() -> st.SearchStrategy[str]:
@@ -160,8 +162,11 @@ def completions(draw) -> str:
     return f"{head}<think>{think}</think>{between}<answer>{answer}{close}{tail}"
 
 
-_gold_aus = st.lists(st.sampled_from(["AU1", "AU4", "AU6", "AU12", "AU15", "AU04", "AU99", "au 12", "AU2"]), max_size=4)
-_gold_labels = st.sampled_from([(), ("sadness",), ("Sad",), ("happiness",), ("fear", "sadness"), ("contempt",)])
+_gold_aus = st.one_of(
+    st.lists(st.sampled_from(["AU1", "AU4", "AU6", "AU12", "AU15", "AU04", "AU99", "au 12", "AU2", "AU33"]), max_size=4),
+    st.just([NO_AU]))
+_gold_labels = st.sampled_from([(), ("sadness",), ("Sad",), ("happiness",), ("fear", "sadness"), ("contempt",),
+                                ("confusion",)])
 _label_sets = st.sampled_from([None, (), DATASET_LABELS["RAF-DB"], list(EMOTIONS)])
 _configs = st.builds(
     VerifierConfig,
