@@ -6,10 +6,21 @@ YAML file fails loudly instead of silently using a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+def _template_name(name: str) -> str:
+    from engine.core.templates import is_template_name
+
+    if not is_template_name(name):
+        raise ValueError(f"unknown prompt template set {name!r}: facial-r1, full, compact, engine or a .yaml file")
+    return name
+
+
+PromptStyleName = Annotated[str, AfterValidator(_template_name)]
 
 
 class Section(BaseModel):
@@ -81,9 +92,10 @@ class SynthConfig(Section):
     filters: int = Field(1, ge=1, description="Filter actors.")
     max_retries: int = Field(5, ge=0, description="Retries after the first attempt (paper: 5).")
     hint: bool = Field(True, description="Label-conditioned prompt (the paper's 'ground truth' block).")
-    prompt_style: Literal["full", "compact"] = Field(
-        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
-                            "or compact (its rules and format only; for small models and CPU runs).")
+    prompt_style: PromptStyleName = Field(
+        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+                            "project's, with the AU definitions and a worked example), compact (its rules and "
+                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
     partition_size: int = Field(64, ge=1, description="Input samples per committed partition.")
     inflight_batches_per_generator: int = Field(2, ge=1, description="Batches queued per generator actor.")
     generator_num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per generator actor.")
@@ -165,9 +177,10 @@ class TrainSection(Section):
     model: ModelConfig = ModelConfig()
     out: str = Field("", description="Local output folder (checkpoints/, adapter/, merged/, runs/, checkpoint.json).")
     round: int = Field(0, ge=0, description="Self-improvement round recorded in checkpoint.json.")
-    prompt_style: Literal["full", "compact"] = Field(
-        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
-                            "or compact (its rules and format only; for small models and CPU runs).")
+    prompt_style: PromptStyleName = Field(
+        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+                            "project's, with the AU definitions and a worked example), compact (its rules and "
+                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
     lora: LoraSection = LoraSection()
     freeze_vision: bool = Field(True, description="Keep the vision tower (and its merger) fixed.")
     learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
@@ -234,9 +247,10 @@ class EvalSection(Section):
     generation: GenerationConfig = GenerationConfig(max_new_tokens=1024)
     verifier: VerifierConfig = VerifierConfig()
     limit: int | None = Field(None, ge=1, description="Evaluate the first N samples only.")
-    prompt_style: Literal["full", "compact"] = Field(
-        "full", description="Prompt template: full (the paper's, with the AU definitions and a worked example) "
-                            "or compact (its rules and format only; for small models and CPU runs).")
+    prompt_style: PromptStyleName = Field(
+        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+                            "project's, with the AU definitions and a worked example), compact (its rules and "
+                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
 
 
 class LoopConfig(Section):

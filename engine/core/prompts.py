@@ -1,11 +1,16 @@
-"""The Facial-R1 prompt: instructions, the 30 AU definitions, one worked example and the exact
-<think>/<answer> format; optionally the label-conditioned "Ground Truth" block used for synthesis
-(rationalisation, as STaR), and the retry turns that show the model its previous answer and what the
-verifier found wrong with it.
+"""The Facial-R1 prompt: instructions and the exact <think>/<answer> format; optionally the
+label-conditioned "Ground Truth" block used for synthesis (rationalisation, as STaR), and the retry
+feedback that shows the model its previous answer and what the verifier found wrong with it. The
+wording comes from a template set (engine.core.templates: "facial-r1", "full", "compact" or a file).
+
+Unknown is not absent: the hint names only what the record knows. An empty AU list (unknown AUs)
+gets no AU line, an empty label list no label line; the explicit NO_AU form gets the "no Action
+Unit" line. The question has "<image>" removed and falls back to the official default when empty.
 
 Messages are backend-neutral chat messages: the first user turn holds one {"type": "image"} part
-(the image bytes travel beside the messages) and the text; a retry appends the previous completion as
-an assistant turn and the problem list as a user turn, so the prompt grows as in the paper's code.
+(the image bytes travel beside the messages) and the text. A retry appends the previous completion
+as an assistant turn and the problem list as a user turn ("turns" sets), or appends both to the
+first user text as the official script does ("append" sets); either way the prompt grows.
 """
 from __future__ import annotations
 
@@ -13,112 +18,97 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
-from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, label_set_for
+from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, NO_AU, au_name, label_set_for, present_aus
+from engine.core.templates import EXAMPLE_AUS, EXAMPLE_COMPLETION, EXAMPLE_LABEL, PromptTemplates, render_labels, resolve
 from engine.core.types import GenerationRequest, Sample, sha256_hex
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
+
+__all__ = ["EXAMPLE_AUS", "EXAMPLE_COMPLETION", "EXAMPLE_LABEL", "build_messages", "describe_reasons", "hint_block",
+           "make_request", "prompt_hash", "prompt_label_set", "prompt_text", "retry_text"]
 
 Message = dict[str, Any]
-# "full" is the paper's prompt (AU definitions and a worked example, ~550 tokens); "compact" keeps its
-# rules and format in ~80 tokens, for small models and CPU runs where prompt length dominates cost.
-PromptStyle = Literal["full", "compact"]
+# A template set's name ("full", "compact", "facial-r1") or a YAML template file; see engine.core.templates.
+PromptStyle = str
 History = Sequence[tuple[str, Sequence[str]]]  # (previous completion, its verifier reasons)
 
 AU_DEFINITIONS_TEXT = "\n".join(f"{au}: {name}" for au, name in AU_DESCRIPTIONS.items())
 
-# The worked example follows every rule it teaches: AU ids in parentheses, reasoning from the AUs to
-# the emotion, no negative or uncertain words, one label word.
-EXAMPLE_AUS: tuple[str, ...] = ("AU1", "AU4", "AU15")
-EXAMPLE_LABEL = "sadness"
-EXAMPLE_COMPLETION = (
-    "<think>The inner corners of the eyebrows are raised (AU1) and drawn together (AU4), creating a "
-    "slanted, worried brow. The corners of the lips are pulled downward (AU15), giving the mouth a "
-    "drooping shape. Raised inner brows combined with lowered lip corners form the classic pattern of "
-    "sorrow, so the face expresses sadness.</think>\n<answer>sadness</answer>")
-
-_INSTRUCTIONS = """You are an expert in facial expression analysis using the Facial Action Coding System (FACS).
-{question}
-Analyse the face in the image step by step:
-1. Describe the observable facial features and write the Action Unit id in parentheses after each one, for example "the eyebrows are pulled together (AU4)".
-2. Reason from these Action Units to the emotion they indicate.
-3. Describe only what is present: avoid negative or uncertain words such as "no", "not", "without" and "maybe".
-4. {answer_rule}
-
-Action Unit definitions:
-{definitions}
-
-Example:
-{example}
-
-Respond in exactly this format:
-<think>your analysis</think>
-<answer>{answer_slot}</answer>"""
-
-_COMPACT_INSTRUCTIONS = """{question}
-Describe the facial features, each followed by its Action Unit id in parentheses, e.g. "brows pulled together (AU4)", reason from them to the emotion, and avoid negative or uncertain words. {answer_rule}
-Respond as <think>your analysis</think><answer>{answer_slot}</answer>"""
-
-_RETRY_HEAD = "Your previous response had these problems:"
-_RETRY_TAIL = "Write a new response that fixes them, in exactly the same <think>...</think><answer>...</answer> format."
-
 
 def prompt_label_set(sample: Sample) -> tuple[str, ...]:
-    """The labels the answer may use: the dataset's set; all eight emotions for a labelled sample of
-    an unlisted dataset; () for AU-only samples."""
-    labels = label_set_for(sample.dataset)
-    if not labels and sample.labels:
-        return EMOTIONS
-    return labels or ()
+    """The labels the answer may use: the dataset's set, widened by the sample's own labels where a
+    source uses labels beyond it (open label sets); all eight emotions plus the sample's labels for
+    a labelled sample of an unlisted dataset; () when the emotion is unknown."""
+    known = label_set_for(sample.dataset)
+    if not sample.labels:
+        return known or ()
+    base = known or EMOTIONS
+    return base + tuple(label for label in sample.labels if label not in base)
 
 
-def _answer_rule(label_set: Sequence[str]) -> str:
+def _answer_parts(templates: PromptTemplates, label_set: tuple[str, ...]) -> dict[str, str]:
     if label_set:
-        return f"Answer with exactly one word from this label set: {', '.join(label_set)}."
-    return ("This face has no emotion label to check: finish with the one emotion these Action Units "
-            f"suggest most, as one word from: {', '.join(EMOTIONS)}.")
+        labels = render_labels(label_set, templates.label_list)
+        return {"labels": labels, "answer_rule": templates.answer_rule.format(labels=labels),
+                "answer_slot": templates.answer_slot}
+    labels = render_labels(templates.unlabelled_labels, templates.unlabelled_label_list)
+    return {"labels": labels, "answer_rule": templates.answer_rule_unlabelled.format(labels=labels),
+            "answer_slot": templates.answer_slot_unlabelled}
 
 
-def _au_list(aus: Iterable[str]) -> str:
-    return ", ".join(f"{au} ({AU_DESCRIPTIONS.get(au, 'unknown')})" for au in aus)
+def _au_list(aus: Iterable[str], form: str = "named") -> str:
+    """AU ids as a template set names them: "AU4 (brow lowerer), AU33" (an id without wording is
+    named by its id) or the official Python list of the string-sorted ids."""
+    aus = tuple(aus)
+    if form == "python":
+        return repr(sorted(set(aus)))
+    return ", ".join(f"{au} ({au_name(au)})" if au_name(au) else au for au in aus)
 
 
-def hint_block(sample: Sample) -> str:
-    """The paper's label-conditioned block: the AUs the analysis must identify and the label the
-    answer must give (AUs only for samples without an emotion label)."""
-    lines = ["Ground Truth (use it to guide your analysis; describe the face as if you observed it "
-             "yourself and do not mention this information):"]
-    if sample.aus:
-        lines.append(f"- The analysis MUST identify these Action Units: {_au_list(sample.aus)}.")
-    else:
-        lines.append("- The face is at rest: the analysis MUST NOT name any Action Unit id.")
+def hint_block(sample: Sample, templates: PromptTemplates | None = None) -> str:
+    """The label-conditioned block: a line for what is known, nothing for what is unknown (an empty
+    AU list, an empty label list); "" when neither is known. NO_AU gets its own line."""
+    templates = templates or resolve("full")
+    lines = []
+    if sample.aus == (NO_AU,):
+        lines.append(templates.hint_no_aus)
+    elif sample.aus:
+        lines.append(templates.hint_aus.format(aus=_au_list(present_aus(sample.aus), templates.au_list)))
     if sample.labels:
-        lines.append(f"- The final answer MUST be this emotion: {sample.labels[0]}.")
-    return "\n".join(lines)
+        lines.append(templates.hint_label.format(label=sample.labels[0], labels=repr(sorted(set(sample.labels)))))
+    return "\n".join([templates.hint_head, *lines]) if lines else ""
 
 
 def prompt_text(sample: Sample, *, hint: bool, style: PromptStyle = "full") -> str:
     return "".join(_prompt_parts(sample, hint=hint, style=style))
 
 
-def _prompt_parts(sample: Sample, *, hint: bool, style: PromptStyle) -> tuple[str, str]:
+def _prompt_parts(sample: Sample, *, hint: bool, style: PromptStyle, history: History = ()) -> tuple[str, str]:
     """(instructions, per-sample tail): the instructions are shared by every sample with the same
-    question and label set, which lets make_request hash them once."""
-    text = _instructions(style, sample.question.strip(), tuple(prompt_label_set(sample)))
-    return text, (f"\n\n{hint_block(sample)}" if hint else "")
+    question and label set, which lets make_request hash them once. A set that appends retries to
+    the prompt (facial-r1) puts them in the tail."""
+    templates = resolve(style)
+    text = _instructions(style, _question(sample.question), tuple(prompt_label_set(sample)))
+    block = hint_block(sample, templates) if hint else ""
+    tail = f"\n\n{block}" if block else ""
+    if templates.retry_mode == "append":
+        tail += "".join("\n\n" + templates.retry.format(previous=completion, issues=_issues(templates, reasons, sample))
+                        for completion, reasons in history)
+    return text, tail
+
+
+def _question(question: str | None) -> str:
+    """The official scripts' question handling: "<image>" removed, stripped, a default when empty."""
+    cleaned = (question or "").replace("<image>", "").strip()
+    return cleaned or "What is the emotion of this face?"
 
 
 @functools.lru_cache(maxsize=64)
 def _instructions(style: PromptStyle, question: str, label_set: tuple[str, ...]) -> str:
-    template = _INSTRUCTIONS if style == "full" else _COMPACT_INSTRUCTIONS
-    return template.format(
-        question=question or "What is the emotion of this face?",
-        answer_rule=_answer_rule(label_set),
-        definitions=AU_DEFINITIONS_TEXT,
-        example=EXAMPLE_COMPLETION,
-        answer_slot="one word" if label_set else "one emotion word",
-    )
+    templates = resolve(style)
+    return templates.instructions.format(question=question, **_answer_parts(templates, label_set))
 
 
 _REASON_TEXT = {
@@ -161,20 +151,56 @@ def describe_reasons(reasons: Iterable[str]) -> str:
     return "\n".join("- " + (group_text[line](grouped[line]) if line in grouped else line) for line in lines)
 
 
-def retry_text(reasons: Sequence[str]) -> str:
-    return f"{_RETRY_HEAD}\n{describe_reasons(reasons)}\n{_RETRY_TAIL}"
+def official_issues(reasons: Iterable[str], sample: Sample) -> str:
+    """The official retry's issue list (infer_emotion.py: get_error_messages), joined by ", ": the
+    gold AU and label lists in full when they mismatch, and the missing-tag lines; reasons the
+    official filter has no words for are described in this project's words."""
+    codes = [reason.partition(":")[0] for reason in reasons]
+    issues = []
+    if any(code in ("au_missing", "au_extra") for code in codes):
+        issues.append(f"The predicted AUs must be: {sorted(set(present_aus(sample.aus)))}")
+    if "label_mismatch" in codes:
+        issues.append(f"The predicted labels must be: {sorted(set(sample.labels))}")
+    if "no_think" in codes:
+        issues.append("Missing or empty <think>...</think> tag.")
+    if "no_answer" in codes:
+        issues.append("Missing or empty <answer>...</answer> tag.")
+    rest = [r for r in reasons if r.partition(":")[0] not in ("au_missing", "au_extra", "label_mismatch", "no_think",
+                                                               "no_answer", "format")]
+    if rest:
+        issues.append(describe_reasons(rest).replace("\n", " "))
+    return ", ".join(issues)
+
+
+def _issues(templates: PromptTemplates, reasons: Sequence[str], sample: Sample) -> str:
+    return official_issues(reasons, sample) if templates.issues == "official" else describe_reasons(reasons)
+
+
+def retry_text(reasons: Sequence[str], sample: Sample | None = None, style: PromptStyle = "full") -> str:
+    """The feedback turn of a retry under a template set ("turns" sets)."""
+    templates = resolve(style)
+    issues = official_issues(reasons, sample) if templates.issues == "official" and sample else describe_reasons(reasons)
+    return templates.retry.format(previous="", issues=issues)
 
 
 def build_messages(sample: Sample, *, hint: bool, history: History = (),
                    style: PromptStyle = "full") -> tuple[Message, ...]:
-    return _messages(prompt_text(sample, hint=hint, style=style), history)
+    head, tail = _prompt_parts(sample, hint=hint, style=style, history=history)
+    return _messages(head + tail, _turns(history, sample, style))
 
 
-def _messages(text: str, history: History) -> tuple[Message, ...]:
+def _turns(history: History, sample: Sample, style: PromptStyle) -> tuple[tuple[str, str], ...]:
+    """The retry turns (previous completion, feedback text); none for sets that append retries."""
+    if resolve(style).retry_mode == "append":
+        return ()
+    return tuple((completion, retry_text(reasons, sample, style)) for completion, reasons in history)
+
+
+def _messages(text: str, turns: Sequence[tuple[str, str]]) -> tuple[Message, ...]:
     messages: list[Message] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    for completion, reasons in history:
+    for completion, feedback in turns:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": completion}]})
-        messages.append({"role": "user", "content": [{"type": "text", "text": retry_text(reasons)}]})
+        messages.append({"role": "user", "content": [{"type": "text", "text": feedback}]})
     return tuple(messages)
 
 
@@ -212,21 +238,21 @@ def _digest_through(head: str) -> Any:
                           + _canonical_json(head)[1:-1].encode("utf-8"))
 
 
-def _after_text(history: History) -> str:
+def _after_text(turns: Sequence[tuple[str, str]]) -> str:
     """The canonical JSON that follows the first user text: the retry turns, the closing brackets."""
-    skeleton = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, history)))
+    skeleton = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, turns)))
     return skeleton[skeleton.index(_ESCAPED_SLOT) + len(_ESCAPED_SLOT):]  # the slot's first use is the text's
 
 
 _AFTER_TEXT_ALONE = _after_text(())
 
 
-def _fast_prompt_hash(head: str, tail: str, history: History) -> str:
-    """prompt_hash(_messages(head + tail, history)) without encoding and hashing the long shared
+def _fast_prompt_hash(head: str, tail: str, turns: Sequence[tuple[str, str]]) -> str:
+    """prompt_hash(_messages(head + tail, turns)) without encoding and hashing the long shared
     instructions again for every request: JSON escapes character by character, so the encoding of
     head + tail is the encoding of head followed by that of tail, and the digest of everything up
     to the end of head is kept per head."""
-    rest = _after_text(history) if history else _AFTER_TEXT_ALONE
+    rest = _after_text(turns) if turns else _AFTER_TEXT_ALONE
     digest = _digest_through(head).copy()
     digest.update((_canonical_json(tail)[1:-1] + rest).encode("utf-8"))
     return digest.hexdigest()
@@ -234,8 +260,9 @@ def _fast_prompt_hash(head: str, tail: str, history: History) -> str:
 
 def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = (),
                  style: PromptStyle = "full") -> GenerationRequest:
-    head, tail = _prompt_parts(sample, hint=hint, style=style)
-    messages = _messages(head + tail, history)
+    head, tail = _prompt_parts(sample, hint=hint, style=style, history=history)
+    turns = _turns(history, sample, style)
+    messages = _messages(head + tail, turns)
     return GenerationRequest(key=f"{sample.id}#{attempt}", sample_id=sample.id, attempt=attempt,
                              messages=messages, image=sample.image,
-                             prompt_hash=_fast_prompt_hash(head, tail, history))
+                             prompt_hash=_fast_prompt_hash(head, tail, turns))

@@ -78,10 +78,17 @@ def test_au_only_dataset_hint_and_answer_instruction():
     assert "<answer>one emotion word</answer>" in text
 
 
-def test_hint_for_a_face_without_aus():
+def test_hint_names_only_what_is_known():
+    # unknown AUs (emotion-only source): no AU line at all
     text = user_text(build_messages(sample(aus=(), labels=("neutral",)), hint=True))
-    assert "MUST NOT name any Action Unit" in text
+    assert "Action Units:" not in text[text.index("Ground Truth"):] and "MUST NOT" not in text
     assert "MUST be this emotion: neutral." in text
+    # the explicit "no AU" form
+    text = user_text(build_messages(sample(aus=("AU0",), labels=("neutral",)), hint=True))
+    assert "MUST NOT name any Action Unit" in text
+    # nothing known: no hint block
+    text = user_text(build_messages(sample(dataset="Unlisted", aus=(), labels=()), hint=True))
+    assert "Ground Truth" not in text
 
 
 def test_retry_appends_previous_completions_and_problems():
