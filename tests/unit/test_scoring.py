@@ -32,8 +32,8 @@ LINES = [
     "",                                                                    # blank: skipped
     record(id="aus-not-list", AUs="AU1"),                                  # 6 error
     record(id="adjective-gold", labels=["sad"], AUs=["AU01", "au 4", "AU15B"]),  # 7 accepted (normalised gold)
-    record(id="unknown-au", AUs=["AU99"]),                                 # 8 error
-    record(id="bad-label", labels=["contempt"]),                           # 9 error: not a RAF-DB label
+    record(id="unknown-au", AUs=["AU99"]),                                 # 8 accepted: AU99 reported, AUs unknown
+    record(id="bad-label", labels=["contempt"]),                           # 9 rejected: open labels, compared
     "[1, 2]",                                                              # 10 error
     record(id="au-only", dataset="DISFA", labels=[], AUs=["AU1", "AU4", "AU15"]),  # 11 accepted, acc 0.5
     record(id="paper-case", completion=GOOD.replace("(AU1)", "(AU01)")),   # 12 strict accepts, paper rejects
@@ -65,8 +65,10 @@ def check_strict_output(out: list[dict]) -> None:
     assert by_id["no-completion"]["line"] == 4 and "completion" in by_id["no-completion"]["error"]
     assert by_id["aus-not-list"]["line"] == 6 and by_id["aus-not-list"]["error"].startswith("AUs")
     assert by_id["adjective-gold"]["accepted"] is True
-    assert by_id["unknown-au"]["line"] == 8 and "AU99" in by_id["unknown-au"]["error"]
-    assert by_id["bad-label"]["line"] == 9 and "contempt" in by_id["bad-label"]["error"]
+    unknown_au = by_id["unknown-au"]  # a gold token that is no FACS id is a per-AU reason, not an error
+    assert unknown_au["accepted"] is True and unknown_au["reasons"] == ["gold_au_invalid:AU99"]
+    assert unknown_au["rewards"]["au"] == 0.0  # nothing valid is left: the AUs are unknown
+    assert by_id["bad-label"]["reasons"] == ["label_mismatch:sadness!=contempt"]
     assert out[8]["line"] == 10 and out[8]["error"] == "not a JSON object" and out[8]["raw"] == "[1, 2]"
     au_only = by_id["au-only"]
     assert au_only["accepted"] is True and au_only["rewards"]["acc"] == 0.5 and au_only["rewards"]["total"] == 2.5
@@ -78,7 +80,7 @@ def check_strict_output(out: list[dict]) -> None:
 def test_score_jsonl_summary_and_lines(scored_input, tmp_path):
     out_path = tmp_path / "sub" / "out.jsonl"
     summary = score_jsonl(scored_input, out_path)
-    assert summary == {"lines": 11, "scored": 5, "accepted": 4, "errors": 6}
+    assert summary == {"lines": 11, "scored": 7, "accepted": 5, "errors": 4}
     check_strict_output(read(out_path))
 
 
@@ -89,14 +91,14 @@ def test_paper_policy(scored_input, tmp_path):
     assert by_id["good"]["accepted"] is True
     assert by_id["paper-case"]["accepted"] is False
     assert by_id["paper-case"]["reasons"] == ["au_missing:AU1", "au_extra:AU01"]
-    assert by_id["au-only"]["accepted"] is False  # the paper's label-set rule: {"sadness"} != {}
-    assert summary["scored"] == 5 and summary["errors"] == 6
+    assert by_id["au-only"]["accepted"] is True  # labels unknown: the official filter skips that check
+    assert summary["scored"] == 7 and summary["errors"] == 4
 
 
 def test_fea_score_through_cli_main(scored_input, tmp_path, capsys):
     out_path = tmp_path / "out.jsonl"
     assert main(["score", str(scored_input), "--out", str(out_path)]) == 0
-    assert json.loads(capsys.readouterr().out)["accepted"] == 4
+    assert json.loads(capsys.readouterr().out)["accepted"] == 5
     check_strict_output(read(out_path))
 
 
@@ -107,5 +109,20 @@ def test_fea_score_as_a_subprocess(scored_input, tmp_path):
     done = subprocess.run(command + ["score", str(scored_input), "--out", str(out_path), "--policy", "strict"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"lines": 11, "scored": 5, "accepted": 4, "errors": 6}
+    assert json.loads(done.stdout) == {"lines": 11, "scored": 7, "accepted": 5, "errors": 4}
     check_strict_output(read(out_path))
+
+
+def test_score_unknown_and_no_au_forms(tmp_path):
+    calm = "<think>The face is relaxed, every feature resting in its natural place.</think><answer>neutral</answer>"
+    lines = [record(id="emotion-only", AUs=[], dataset="RAF-DB"),
+             record(id="no-au", AUs=["AU0"], labels=["neutral"], completion=calm),
+             record(id="no-au-named", AUs=["AU0"], labels=["neutral"], completion=calm.replace("relaxed", "relaxed (AU25)")),
+             record(id="null-lists", AUs=None, labels=None)]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    score_jsonl(tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    by_id = {o["id"]: o for o in read(tmp_path / "out.jsonl")}
+    assert by_id["emotion-only"]["accepted"] and by_id["emotion-only"]["rewards"]["au"] == 0.0
+    assert by_id["no-au"]["accepted"] and by_id["no-au"]["rewards"]["au"] == 1.0
+    assert by_id["no-au-named"]["reasons"] == ["au_extra:AU25"] and by_id["no-au-named"]["rewards"]["au"] == -1.0
+    assert by_id["null-lists"]["rewards"]["acc"] == 0.5 and by_id["null-lists"]["rewards"]["au"] == 0.0
