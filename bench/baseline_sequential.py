@@ -48,11 +48,11 @@ class SequentialSynthesizer:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from engine.demo.tinymodel import blocked_token_ids
+        from engine.backends.tokens import blocked_token_ids
 
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
-        self.bad_words_ids = [[t] for t in blocked_token_ids(self.processor.tokenizer)] or None
+        self.bad_words_ids = [[t] for t in blocked_token_ids(self.processor, self.model.config)] or None
         ids = self.model.generation_config.eos_token_id
         self.eos_ids = set(ids if isinstance(ids, list) else [ids])
         self.pad_id = self.processor.tokenizer.pad_token_id

@@ -148,11 +148,11 @@ def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) ->
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from engine.demo.tinymodel import blocked_token_ids
+    from engine.backends.tokens import blocked_token_ids
 
     processor = AutoProcessor.from_pretrained(model, padding_side="left")
     llm = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32).eval()
-    bad = [[t] for t in blocked_token_ids(processor)]
+    bad = [[t] for t in blocked_token_ids(processor, llm.config)]
 
     def once() -> dict[str, Any]:
         tokens = 0
@@ -215,7 +215,7 @@ def bare_vllm(model: str, requests: list, max_new_tokens: int) -> Any:
     from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 
-    from engine.demo.tinymodel import blocked_token_ids
+    from engine.backends.tokens import blocked_token_ids
 
     processor = AutoProcessor.from_pretrained(model)
     llm = LLM(model=model, tokenizer=model, **BARE_VLLM_KWARGS)

@@ -154,7 +154,7 @@ def plain_grpo(args, model: str, samples) -> list[float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from engine.core.config import VerifierConfig
-    from engine.demo.tinymodel import blocked_token_ids
+    from engine.backends.tokens import blocked_token_ids
     from trainer.rewards import VerifierRewards
 
     rows = [{"prompt": _user_turn(s), "image": _pil(s), "gold_aus": list(s.aus), "gold_labels": list(s.labels),
@@ -164,7 +164,7 @@ def plain_grpo(args, model: str, samples) -> list[float]:
     rewards = VerifierRewards(VerifierConfig(), None)  # the same reward functions, nothing recorded
     s = settings(args) | {"per_device_train_batch_size": args.num_generations}
     cfg = GRPOConfig(output_dir=str(common.fresh_dir("grpo-plain")), reward_weights=rewards.reward_weights(),
-                     generation_kwargs={"bad_words_ids": [[t] for t in blocked_token_ids(processor)]},
+                     generation_kwargs={"bad_words_ids": [[t] for t in blocked_token_ids(processor, llm.config)]},
                      use_vllm=False, **grpo_settings(args), **s)
     with StepTimes() as timer:
         trainer = GRPOTrainer(model=llm, reward_funcs=rewards.functions(), args=cfg,

@@ -121,11 +121,11 @@ def generation(model_dir: str, samples: list, batch_sizes: list[int], rows: int,
     import torch
 
     from engine.core.prompts import build_messages
-    from engine.demo.tinymodel import blocked_token_ids
+    from engine.backends.tokens import blocked_token_ids
 
     processor, model = load(model_dir, device, dtype)
     model.eval()
-    bad = [[t] for t in blocked_token_ids(processor)]
+    bad = [[t] for t in blocked_token_ids(processor, model.config)]
     texts = [processor.apply_chat_template(list(build_messages(s, hint=True)), add_generation_prompt=True,
                                            tokenize=False) for s in samples]
     images = [pil(s) for s in samples]

@@ -63,7 +63,8 @@ TARGETS: tuple[Target, ...] = (
     Target("hf synthesis vs the paper's sequential loop, 1 generator (one core)", "synth", "synthesis throughput",
            ("hf: samples/s vs sequential baseline",), ">= 10x", "{ratio}x ({candidate} samples/s)",
            threshold=10, flags={"--generators": "1"}, why=_KV_FLOOR),
-    Target("hf synthesis vs the sequential loop, 2 generators (both cores; the loop on one)", "synth", "synthesis throughput",
+    Target("hf synthesis vs the sequential loop, 2 generators (both cores; the loop on one)", "synth",
+           "synthesis throughput",
            ("hf: samples/s vs sequential baseline",), ">= 10x", "{ratio}x ({candidate} samples/s)",
            threshold=10, flags={"--generators": "2", "--decode-cache-mb": "0"}),
     Target("vllm synthesis vs the sequential loop, 1 generator", "synth", "synthesis throughput",
@@ -107,10 +108,10 @@ TARGETS: tuple[Target, ...] = (
     Target("replay pipeline end to end, from FEA-20K JSONL (every image decoded)", "pipeline", "pipeline overhead",
            ("end-to-end samples/s (wall) vs target",), ">= 2,000/s", "{candidate}/s", value="candidate",
            threshold=2_000, flags={"--input": "jsonl"}),
-    Target("SFT step time / plain TRL", "train", "training step time", ("sft: step time, fea train vs plain TRL",), "<= 1.1",
-           "{ratio} ({candidate} s/step)", threshold=1.1, lower_is_better=True),
-    Target("GRPO step time / plain TRL", "train", "training step time", ("grpo: step time, fea train vs plain TRL",), "<= 1.1",
-           "{ratio} ({candidate} s/step)", threshold=1.1, lower_is_better=True),
+    Target("SFT step time / plain TRL", "train", "training step time", ("sft: step time, fea train vs plain TRL",),
+           "<= 1.1", "{ratio} ({candidate} s/step)", threshold=1.1, lower_is_better=True),
+    Target("GRPO step time / plain TRL", "train", "training step time", ("grpo: step time, fea train vs plain TRL",),
+           "<= 1.1", "{ratio} ({candidate} s/step)", threshold=1.1, lower_is_better=True),
 )
 
 # Measurements without a target, shown with their latest run's ratios: (bench, how the run's name starts).

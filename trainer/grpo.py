@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.backends.tokens import blocked_token_ids
 from engine.core.config import GRPOSection
 from trainer import common
 from trainer.data import PromptFormat, build_dataset, count_rows
@@ -21,13 +22,11 @@ from trainer.rewards import RewardRecorder, VerifierRewards
 log = logging.getLogger(__name__)
 
 
-def generation_kwargs(processor, use_vllm: bool) -> dict[str, Any]:
+def generation_kwargs(processor, config, use_vllm: bool) -> dict[str, Any]:
     """Forbid the vision special tokens in rollouts: a sampled <|image_pad|> would break the next
     training forward ("image features and image tokens do not match"). A trained model never emits
     them; a random or young one can."""
-    from engine.demo.tinymodel import blocked_token_ids
-
-    blocked = blocked_token_ids(processor)
+    blocked = blocked_token_ids(processor, config)
     if not blocked:
         return {}
     if use_vllm:
@@ -77,7 +76,7 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
         top_p=cfg.top_p, max_completion_length=cfg.max_completion_length, num_iterations=cfg.num_iterations,
         loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=rewards.reward_weights(),
         shuffle_dataset=False, log_completions=cfg.log_completions,
-        generation_kwargs=generation_kwargs(processor, cfg.use_vllm), use_vllm=cfg.use_vllm,
+        generation_kwargs=generation_kwargs(processor, model.config, cfg.use_vllm), use_vllm=cfg.use_vllm,
         **({"vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
            if cfg.use_vllm else {}),
     )

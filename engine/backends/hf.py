@@ -19,6 +19,7 @@ import torch
 
 from engine.backends import hf_decode
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
+from engine.backends.tokens import blocked_token_ids
 from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ class HFBackend:
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from engine.demo.tinymodel import blocked_token_ids
-
         if not model_dir:
             raise ValueError("the hf backend needs a model folder")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,7 +70,7 @@ class HFBackend:
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         self.model = model.to(self.device).eval()
         tokenizer = self.processor.tokenizer
-        self.bad_words_ids = [[t] for t in blocked_token_ids(tokenizer)]
+        self.bad_words_ids = [[t] for t in blocked_token_ids(tokenizer, self.model.config)]
         self.eos_ids = _eos_ids(self.model, tokenizer)
         self.batch_size = gen_cfg.batch_size
         self.prefix_cache = hf_decode.PrefixCache(gen_cfg.kv_reuse_mb << 20)

@@ -20,6 +20,7 @@ import uuid
 from typing import Any, Coroutine
 
 from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
+from engine.backends.tokens import blocked_token_ids
 from engine.core.types import Attempt, GenerationRequest, SamplingParams, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,8 @@ class VLLMBackend:
     def load(self, model_dir, adapter, gen_cfg, dtype: str = "auto") -> None:
         _prepare_environment()
         import torch
-        from transformers import AutoProcessor
+        from transformers import AutoConfig, AutoProcessor
         from vllm import AsyncEngineArgs
-
-        from engine.demo.tinymodel import blocked_token_ids
 
         if not model_dir:
             raise ValueError("the vllm backend needs a model folder")
@@ -159,7 +158,8 @@ class VLLMBackend:
             self.lora_request = LoRARequest(_LORA_NAME, 1, adapter)
         # The processor's chat template renders the image placeholder exactly as the model expects.
         self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.logit_bias = {t: _BLOCK_BIAS for t in blocked_token_ids(self.processor.tokenizer)}
+        blocked = blocked_token_ids(self.processor, AutoConfig.from_pretrained(model_dir))
+        self.logit_bias = {t: _BLOCK_BIAS for t in blocked}
         self.model_id = model_fingerprint(model_dir, adapter)
         log.info("vllm backend: %s (%s, %s, max_num_seqs %d)", self.model_id, "cuda" if on_gpu else "cpu", dtype,
                  gen_cfg.max_num_seqs)

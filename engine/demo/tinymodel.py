@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.backends.tokens import blocked_token_ids
+
 MARKER_FILE = "fea_tiny_model.json"
 BUILD_FORMAT = 1
 
@@ -210,16 +212,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> str:
         "vocab_size": model.config.text_config.vocab_size,
         "tokenizer_size": len(tokenizer),
         "corpus_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        "blocked_token_ids": blocked_token_ids(tokenizer),
+        "blocked_token_ids": blocked_token_ids(tokenizer, model.config),
         "transformers_version": transformers.__version__,
     }
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return str(out)
-
-
-def blocked_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of the vision/video special tokens generation must never emit (pass a tokenizer or a
-    processor). Used as bad_words_ids in transformers and as a -100 logit_bias in vLLM."""
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[token] for token in VISION_TOKENS if token in vocab)

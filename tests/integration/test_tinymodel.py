@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.backends.tokens import blocked_token_ids
 from engine.demo.faces import render_face
-from engine.demo.tinymodel import MARKER_FILE, VISION_TOKENS, blocked_token_ids, build_tiny_model
+from engine.demo.tinymodel import MARKER_FILE, VISION_TOKENS, build_tiny_model
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the emotion of this face?"}]}]
 FACE = {"AU6": 0.8, "AU12": 1.0}  # a smile
