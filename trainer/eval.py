@@ -1,5 +1,8 @@
 """`fea eval`: generate answers without the label hint through a generator backend, then compute the
-paper's metrics (trainer.metrics) overall and per source dataset.
+metrics overall and per source dataset, in two views side by side: `official` (the paper's
+evaluation script, rule for rule: trainer.official_metrics) and `overall` (this project's normalised
+view: trainer.metrics). Accuracy is over records with labels, AU F1 over records whose AUs are
+known; each reports its n.
 
 Writes OUT/predictions.jsonl (one line per sample, the fields every metric is computed from),
 OUT/metrics.json, OUT/report.md and OUT/plots/*.png. Samples whose generation failed stay in with an
@@ -18,6 +21,7 @@ from engine.data import storage
 from engine.core.config import EvalSection, load_config
 from engine.core.types import Sample, SamplingParams
 from trainer.metrics import EvalRecord, Prediction, compute_metrics, confusion, gold_label, per_dataset, predict, rouge_l
+from trainer.official_metrics import extract_au_pred_think, extract_label_pred_answer, official_metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ def prediction_rows(records: Sequence[EvalRecord], predictions: Sequence[Predict
             "id": r.sample_id, "dataset": r.dataset, "gold_aus": list(r.gold_aus), "gold_labels": list(r.gold_labels),
             "completion": r.completion, "error": r.error, "pred_label": p.label, "pred_aus": list(p.aus),
             "format_ok": p.format_ok, "correct": (p.label == gold_label(r)) if r.gold_labels else None,
+            "official_pred_aus": extract_au_pred_think(r.completion),
+            "official_pred_labels": extract_label_pred_answer(r.completion),
             "rouge_l": rouge_l(r.completion, r.gold_description) if r.gold_description.strip() else None,
         })
     return rows
@@ -91,24 +97,42 @@ def write_report(metrics: dict[str, Any], out: Path) -> dict[str, str]:
     files = {"confusion": report.plot_confusion_matrix(conf["matrix"], conf["rows"], conf["columns"],
                                                        plots / "confusion.png", "Emotion: gold vs predicted"),
              "per_au_f1": report.plot_bars(overall["per_au_f1"], plots / "per_au_f1.png", "F1 per AU", "F1")}
-    headers = ["split", "n", "emotion acc", "AU F1 macro", "AU F1 micro", "ROUGE-L F", "format rate", "errors"]
+    headers = ["split", "view", "n", "emotion acc (n)", "AU F1 macro (n)", "AU F1 micro", "ROUGE-L F", "format rate",
+               "errors"]
 
-    def row(name: str, m: dict[str, Any]) -> list[Any]:
-        return [name, m["n"], m["emotion_accuracy"], m["au_macro_f1"], m["au_micro_f1"], m["rouge_l_f"],
-                m["format_rate"], m["errors"]]
+    def row(name: str, view: str, m: dict[str, Any]) -> list[Any]:
+        return [name, view, m["n"], f"{_shown(m['emotion_accuracy'])} ({m['emotion_n']})",
+                f"{_shown(m['au_macro_f1'])} ({m['au_n']})", m["au_micro_f1"], m["rouge_l_f"],
+                m.get("format_rate"), m.get("errors")]
 
-    rows = [row("all", overall)] + [row(name, m) for name, m in metrics["per_dataset"].items()]
+    rows = [row("all", "official", metrics["official"]), row("all", "normalised", overall)]
+    for name, m in metrics["per_dataset"].items():
+        rows += [row(name, "official", metrics["official_per_dataset"][name]), row(name, "normalised", m)]
     sections = [
         ("Setup", report.markdown_table(["data", "model", "adapter", "backend"],
                                         [[metrics["data"], metrics["model"], metrics["adapter"], metrics["backend"]]])),
-        ("Metrics", report.markdown_table(headers, rows) + "\n\nAccuracy counts missing or unknown answers as wrong; "
-         "AU-only datasets have no accuracy (—)."),
+        ("Metrics", report.markdown_table(headers, rows) + "\n\n`official` follows the paper's evaluation script "
+         "rule for rule (AUs from the first <think>, labels from the first <answer> split on , ; and spaces, first "
+         "predicted vs first gold, macro F1 over the AUs with gold positives); `normalised` is this project's view "
+         "(normalised AU ids and labels). Accuracy is over records with labels and counts missing answers as wrong; "
+         "AU F1 is over records whose AUs are known; sources without either have none (—)."),
         ("AU F1 per AU", report.markdown_table(["AU", "F1"], list(overall["per_au_f1"].items())) + "\n\n"
          + report.image_link(files["per_au_f1"], out, "per-AU F1")),
         ("Confusion matrix", report.image_link(files["confusion"], out, "confusion matrix")),
     ]
     files["report"] = report.write_markdown(out / "report.md", "Evaluation", sections)
     return {name: str(path) for name, path in files.items()}
+
+
+def _shown(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _official_by_dataset(records: Sequence[EvalRecord]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[EvalRecord]] = {}
+    for record in records:
+        groups.setdefault(record.dataset, []).append(record)
+    return {name: official_metrics(group) for name, group in sorted(groups.items())}
 
 
 def run_eval(cfg: EvalSection) -> dict[str, Any]:
@@ -130,7 +154,11 @@ def run_eval(cfg: EvalSection) -> dict[str, Any]:
         "adapter": storage.redact(cfg.model.adapter) if cfg.model.adapter else None,
         "backend": cfg.generation.backend, "generation": cfg.generation.model_dump(mode="json"),
         "n": len(records), "overall": compute_metrics(records, predictions).as_dict(),
+        "official": official_metrics(records),
+        "views": {"official": "the paper's evaluation script, rule for rule (trainer/official_metrics.py)",
+                  "overall": "normalised: this project's view (trainer/metrics.py)"},
         "per_dataset": {name: m.as_dict() for name, m in per_dataset(records, predictions).items()},
+        "official_per_dataset": _official_by_dataset(records),
         "confusion": confusion(records, predictions),
     }
     metrics["files"] = {"predictions": str(out / "predictions.jsonl"), "metrics": str(out / "metrics.json"),

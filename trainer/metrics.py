@@ -1,14 +1,18 @@
-"""The paper's evaluation metrics as pure functions over (gold, completion) records.
+"""This project's normalised view of the evaluation metrics, as pure functions over (gold,
+completion) records. The official figures, computed rule for rule as the paper's evaluation
+script does, are in trainer.official_metrics; `fea eval` reports both, each under its own name.
 
-Rules (each also stated where it is computed):
-- Emotion accuracy: the first word of the last <answer>...</answer>, normalised to an emotion noun
-  within the sample's dataset label set, equals the gold label. A missing or empty answer, an
-  unknown word, or a word outside the dataset's label set counts as wrong, never skipped. Samples
-  without a gold label (AU-only datasets such as DISFA, BP4D) have no accuracy: None, not 0.
-- AU F1 over samples with gold AUs: predicted AUs are every AU id mentioned in the completion
-  (normalised by engine.core.verifier), so a formatting slip is charged to the format rate, not twice.
-  Per-AU F1 for each AU present in the gold; macro = their mean (the paper's AU F1); micro pools
-  counts over the gold AUs and any AU predicted, so hallucinated AUs cost precision.
+Rules of the normalised view (each also stated where it is computed):
+- Emotion accuracy: the first label of the last <answer>...</answer> (split on "," and ";"),
+  normalised (engine.core.facs.normalize_label: case, spaces, adjectives and simple synonyms),
+  equals the normalised first gold label. A missing or empty answer counts as wrong, never skipped. Samples
+  whose emotion is unknown (AU-only sources such as DISFA, BP4D) have no accuracy: None, not 0.
+- AU F1 over samples whose AUs are known (a non-empty gold list; the no-AU form NO_AU is a known
+  empty set): predicted AUs are the AU ids mentioned in the first <think>, or in the whole output
+  when there is none (the official extraction), normalised by engine.core.verifier ("AU04", "au 4",
+  "AU12B" -> "AU4", "AU12"). Per-AU F1 for each AU present in the gold; macro = their mean (the
+  paper's AU F1); micro pools counts over the gold AUs and any AU predicted, so hallucinated AUs
+  cost precision.
 - ROUGE-L F (rouge-score, rougeL, stemmer on) of the completion against the gold description, over
   samples that have one; a missing completion scores 0.
 - Format rate: share of completions the verifier's format check accepts.
@@ -16,12 +20,13 @@ Every metric is also computed per source dataset.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from engine.core.facs import au_number, label_set_for, normalize_emotion
+from engine.core.facs import au_number, normalize_label, present_aus
 from engine.core.verifier import gold_label as verifier_gold_label
 from engine.core.verifier import parse_completion, r_format
 
@@ -45,8 +50,8 @@ class EvalRecord:
 class Prediction:
     """What a completion says, as the metrics read it."""
 
-    label: str | None  # normalised emotion of the answer's first word; None = missing/unknown
-    aus: tuple[str, ...]  # canonical AU ids mentioned anywhere in the completion
+    label: str | None  # the normalised answer; None = missing or empty
+    aus: tuple[str, ...]  # canonical AU ids mentioned in the first <think> (the whole completion without one)
     format_ok: bool
 
 
@@ -73,21 +78,19 @@ def gold_label(record: EvalRecord) -> str | None:
     return verifier_gold_label(record.gold_labels) if record.gold_labels else None
 
 
-def answer_label(completion: str, dataset: str) -> str | None:
-    """The first word of the last <answer>, normalised within the dataset's label set (None if it
-    is missing, empty, or no emotion of that set)."""
+def answer_label(completion: str, dataset: str = "") -> str | None:
+    """The first label of the last <answer> (split on "," and ";", not on spaces: labels may be
+    several words), normalised; None if it is missing or empty. Labels are open, so the dataset's
+    label set does not restrict it."""
     answer = parse_completion(completion).answer
-    words = answer.split() if answer else []
-    if not words:
-        return None
-    label_set = label_set_for(dataset) or None  # unknown or AU-only dataset: any of the eight emotions
-    return normalize_emotion(words[0], label_set)
+    first = re.split(r"[,;\uff0c\uff1b]", answer, maxsplit=1)[0] if answer else ""
+    return normalize_label(first)
 
 
 def predict(record: EvalRecord) -> Prediction:
     parsed = parse_completion(record.completion)
-    return Prediction(answer_label(record.completion, record.dataset), parsed.all_aus,
-                      r_format(record.completion) == 1.0)
+    aus = parsed.think_aus if parsed.think is not None else parsed.all_aus
+    return Prediction(answer_label(record.completion, record.dataset), aus, r_format(record.completion) == 1.0)
 
 
 # ---------------------------------------------------------------- metrics
@@ -147,7 +150,7 @@ def mean_rouge_l(records: Sequence[EvalRecord]) -> tuple[float | None, int]:
 def compute_metrics(records: Sequence[EvalRecord], predictions: Sequence[Prediction] | None = None) -> Metrics:
     predictions = list(predictions) if predictions is not None else [predict(r) for r in records]
     accuracy, emotion_n = emotion_accuracy(records, predictions)
-    with_aus = [(r.gold_aus, p.aus) for r, p in zip(records, predictions, strict=True) if r.gold_aus]
+    with_aus = [(present_aus(r.gold_aus), p.aus) for r, p in zip(records, predictions, strict=True) if r.gold_aus]
     macro, micro, per_au = au_f1([g for g, _ in with_aus], [p for _, p in with_aus])
     rouge, rouge_n = mean_rouge_l(records)
     return Metrics(

@@ -97,5 +97,11 @@ def test_eval_metrics_on_stored_completions(faces, tmp_path):
     assert rows[2]["pred_label"] is None and rows[1]["pred_label"] == other
     # a, b and c mention exactly their gold AUs; d and e mention none
     assert [set(r["pred_aus"]) == set(s.aus) for r, s in zip(rows, samples)] == [True, True, True, False, False]
+    # the official view beside it: first <answer> split on , ; and spaces; "it looks ..." reads "it"
+    official = metrics["official"]
+    assert official["emotion_accuracy"] == pytest.approx(1 / 5) and official["emotion_n"] == 5
+    assert rows[3]["official_pred_labels"][0] == "it"
+    assert "official" in (out / "report.md").read_text() and "normalised" in (out / "report.md").read_text()
+    assert set(metrics["official_per_dataset"]) == set(metrics["per_dataset"])
     _assert_outputs_exist(out)
     _assert_consistent(metrics, rows)
