@@ -12,7 +12,8 @@ from typing import Iterator
 
 # Environment the workers need: offline model loading, and the S3 settings of the driver.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP", "HF_HOME", "FEA_CACHE_DIR")
+                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP", "HF_HOME", "FEA_CACHE_DIR",
+                  "FEA_STORAGE_RETRY_SECONDS")
 
 
 def worker_env() -> dict[str, str]:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from engine.data.retry import botocore_config_kwargs, retried_on_s3
+
 log = logging.getLogger(__name__)
 
 S3_SCHEME = "s3://"
@@ -169,7 +171,7 @@ def _s3fs():
     import s3fs
 
     # fsspec caches instances per argument set, so a changed environment gives a new client.
-    return s3fs.S3FileSystem(**fsspec_storage_options(S3_SCHEME))
+    return s3fs.S3FileSystem(**fsspec_storage_options(S3_SCHEME), config_kwargs=botocore_config_kwargs())
 
 
 def _forget_listing(fs, path: str) -> None:
@@ -179,6 +181,7 @@ def _forget_listing(fs, path: str) -> None:
         fs.invalidate_cache(posixpath.dirname(path))
 
 
+@retried_on_s3("reading")
 def read_bytes(uri: str | os.PathLike[str]) -> bytes:
     fs, path = fs_and_path(uri)
     return fs.cat_file(path)
@@ -188,6 +191,7 @@ def read_text(uri: str | os.PathLike[str]) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+@retried_on_s3("writing")
 def write_bytes(uri: str | os.PathLike[str], data: bytes) -> None:
     """Write (replacing) in one step: a temp file renamed into place locally, a single put on S3."""
     uri = os.fspath(uri)
@@ -271,6 +275,7 @@ def _exclusive_create(path: str, data: bytes) -> bool:
     return True
 
 
+@retried_on_s3("committing")
 def _s3_write_once(uri: str, data: bytes, retries: int = 5) -> bool:
     fs, path = fs_and_path(uri)
     bucket, _, key = path.partition("/")
@@ -314,12 +319,14 @@ def _s3_error_status(err: BaseException) -> int | None:
     return None
 
 
+@retried_on_s3("checking")
 def exists(uri: str | os.PathLike[str]) -> bool:
     fs, path = fs_and_path(uri)
     _forget_listing(fs, path)
     return fs.exists(path)
 
 
+@retried_on_s3("deleting")
 def remove(uri: str | os.PathLike[str]) -> None:
     """Delete one file (missing is fine)."""
     fs, path = fs_and_path(uri)
@@ -328,6 +335,7 @@ def remove(uri: str | os.PathLike[str]) -> None:
     _forget_listing(fs, path)
 
 
+@retried_on_s3("listing")
 def list_files(uri: str | os.PathLike[str], suffix: str | None = None, recursive: bool = False) -> list[str]:
     """Sorted URIs of the files under the folder `uri` (empty when it does not exist).
 
@@ -355,6 +363,7 @@ def list_files(uri: str | os.PathLike[str], suffix: str | None = None, recursive
     return sorted(found)
 
 
+@retried_on_s3("listing")
 def file_fingerprints(uri: str) -> dict[str, tuple[int, str]]:
     """relative path -> (size, etag or mtime) for every file under the folder `uri`."""
     fs, path = fs_and_path(uri)
@@ -406,7 +415,7 @@ def materialize(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] |
         for rel in sorted(prints):
             dest = staging / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(posixpath.join(path.rstrip("/"), rel), str(dest))
+            _get_file(fs, posixpath.join(path.rstrip("/"), rel), str(dest))
         try:
             os.rename(staging, target)
             log.info("materialized %s into %s (%d files)", redact(uri), target, len(prints))
@@ -416,3 +425,7 @@ def materialize(uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def _get_file(fs, path: str, dest: str) -> None:
+    retried_on_s3("downloading")(lambda _uri: fs.get_file(path, dest))(S3_SCHEME + path)

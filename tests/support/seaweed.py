@@ -56,30 +56,62 @@ def _weed_binary() -> str:
     return found
 
 
+class SeaweedProcess:
+    """One `weed mini` on fixed ports and a fixed data folder, so it can be killed and started again
+    (an outage of the object store, as a job sees it) and come back with the same data."""
+
+    def __init__(self, workdir: str | None = None, timeout_s: float = 60.0) -> None:
+        self.data_dir = tempfile.mkdtemp(prefix="fea-weed-", dir=workdir)
+        names = ["master", "volume", "filer", "s3", "s3.port.iceberg", "s3.port.lance",
+                 "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
+        ports = {n: _free_port() for n in names}
+        flags = [f"-{n}.port={ports[n]}" if "." not in n else f"-{n}={ports[n]}" for n in names]
+        self.server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}")
+        self.cmd = [_weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                    "-admin.ui=false", "-webdav=false", *flags]
+        self.timeout_s = timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
+        with open(os.path.join(self.data_dir, "weed.log"), "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _wait_ready(self.server, self.proc, self.data_dir, self.timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to open connections, as when a storage node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def seaweed_process(workdir: str | None = None, timeout_s: float = 60.0) -> Iterator[SeaweedProcess]:
+    process = SeaweedProcess(workdir, timeout_s)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.close()
+
+
 @contextlib.contextmanager
 def seaweed_s3(workdir: str | None = None, timeout_s: float = 60.0) -> Iterator[S3Server]:
-    data_dir = tempfile.mkdtemp(prefix="fea-weed-", dir=workdir)
-    names = ["master", "volume", "filer", "s3", "s3.port.iceberg", "s3.port.lance",
-             "master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc", "admin.port.grpc"]
-    ports = {n: _free_port() for n in names}
-    flags = [f"-{n}.port={ports[n]}" if "." not in n else f"-{n}={ports[n]}" for n in names]
-    server = S3Server(endpoint=f"http://127.0.0.1:{ports['s3']}")
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
-    cmd = [_weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           "-admin.ui=false", "-webdav=false", *flags]
-    log = open(os.path.join(data_dir, "weed.log"), "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(server, proc, data_dir, timeout_s)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with seaweed_process(workdir, timeout_s) as process:
+        yield process.server
 
 
 def _wait_ready(server: S3Server, proc: subprocess.Popen, data_dir: str, timeout_s: float) -> None:
