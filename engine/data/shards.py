@@ -1,9 +1,13 @@
 """Stored forms of samples: Arrow schemas, Parquet and WebDataset shards, commit records.
 
 Every table that holds samples shares the SAMPLE_SCHEMA columns, so any of them reads back into
-`engine.core.types.Sample`. `meta` is stored as a JSON string: source datasets carry metadata of any
-shape, and a struct column would force one shape on all of them (and break on the first record
-that differs).
+`engine.core.types.Sample`. Free-form fields are stored as JSON text in both formats: source datasets
+carry metadata of any shape, varying from row to row, and a reader that infers one schema (a struct
+column; `datasets.load_dataset("webdataset")`, which infers it from a shard's first five records)
+breaks on the first record that differs. In Parquet that is the `meta` column. In a WebDataset
+record's `.json` member, `meta_info` and also the `AUs` and `labels` lists are JSON text (an
+unknown list is empty, and an empty list infers as a list of nulls); `decode_shard_json` turns a
+member back into the FEA-20K record.
 
 Shards are built in memory and written with one put, so a partial shard never appears under its
 final name; the same rows always give the same bytes (deterministic tar headers and ordering), so a
@@ -145,20 +149,29 @@ def _fea20k_fields(row: Mapping[str, Any], image: str | None, meta_info: Any) ->
     return record
 
 
-_META_SLOT = "\x00meta_info\x00"  # stands in for meta_info while the rest of the record is encoded
+# Fields of a WebDataset `.json` member stored as JSON text (see the module docstring).
+JSON_TEXT_FIELDS = ("AUs", "labels", "meta_info")
 
 
 def fea20k_json(row: Mapping[str, Any]) -> bytes:
-    """The stored JSON text of `fea20k_record(row)`, with the row's meta JSON (already encoded by
-    `meta_to_json`) put in place instead of being encoded a second time: half the encoding work of
-    a shard record is its metadata."""
+    """The `.json` member of a WebDataset record: `fea20k_record(row)` with JSON_TEXT_FIELDS as JSON
+    text (the row's meta text, already encoded by `meta_to_json`, is used as it is)."""
     meta = row.get("meta") or "{}"
     if not isinstance(json.loads(meta), dict):  # the text goes into the shard as is: it must be an object
         raise ValueError(f"sample {row.get('id')!r}: meta is not a JSON object")
-    text = _JSON.encode(_fea20k_fields(row, None, _META_SLOT))
-    # Quotes inside JSON strings are escaped, so this unescaped key-value text is only ever the field itself.
-    slot = '"meta_info": ' + _JSON.encode(_META_SLOT)
-    return text.replace(slot, '"meta_info": ' + meta, 1).encode("utf-8")
+    record = _fea20k_fields(row, None, meta)
+    record["AUs"], record["labels"] = _JSON.encode(record["AUs"]), _JSON.encode(record["labels"])
+    return _JSON.encode(record).encode("utf-8")
+
+
+def decode_shard_json(member: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    """A WebDataset `.json` member (bytes, text, or the dict a reader already parsed) -> the FEA-20K
+    record, with JSON_TEXT_FIELDS decoded."""
+    record = dict(member) if isinstance(member, Mapping) else json.loads(member)
+    for name in JSON_TEXT_FIELDS:
+        if isinstance(record.get(name), str):
+            record[name] = json.loads(record[name])
+    return record
 
 
 # ---------------------------------------------------------------- Parquet
@@ -403,12 +416,20 @@ def resolve_shard_uri(out_prefix: str, shard_uri: str) -> str:
     return storage.join(out_prefix, shard_uri)
 
 
-def committed_shard_uris(out_prefix: str, kind: str, fmt: str) -> list[str]:
-    """URIs of the committed shards of one kind ("accepted" | "rejected" | "quarantine") and format."""
+def committed_shard_uris(out_prefix: str, kind: str, fmt: str, verify: bool = True) -> list[str]:
+    """URIs of the committed shards of one kind ("accepted" | "rejected" | "quarantine") and format.
+
+    With `verify`, each shard's sha256 is checked against its commit record first
+    (ShardIntegrityError on a mismatch), so no reader reads a shard changed after its commit."""
+    from engine.data.integrity import check_shard
+
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    return [resolve_shard_uri(out_prefix, shard.uri)
-            for commit in read_commits(out_prefix)
-            for shard in commit.shards if shard.kind == kind and shard.format == fmt]
+    chosen = [(resolve_shard_uri(out_prefix, shard.uri), shard.sha256)
+              for commit in read_commits(out_prefix)
+              for shard in commit.shards if shard.kind == kind and shard.format == fmt]
+    for uri, sha256 in chosen if verify else ():
+        check_shard(uri, sha256)
+    return [uri for uri, _ in chosen]
