@@ -27,10 +27,13 @@ class Sample:
     image_sha256: str
     image_path: str  # the original relative path, for provenance and export
     question: str
-    aus: tuple[str, ...]  # canonical ids, e.g. ("AU1", "AU4")
-    labels: tuple[str, ...]  # canonical emotion nouns; empty for AU-only datasets
+    aus: tuple[str, ...]  # canonical ids, e.g. ("AU1", "AU4"); () = unknown, ("AU0",) = no AU (facs.NO_AU)
+    labels: tuple[str, ...]  # normalised labels (facs.normalize_label); () = unknown (AU-only sources)
     description: str = ""  # reference reasoning (SFT target, ROUGE reference); may be empty
     meta: dict[str, Any] = field(default_factory=dict)
+    # What import changed or left out, machine-readable ("au_invalid:smile", "question_default",
+    # "id_renamed:<original id>"): a record is kept, and what it lost is said here.
+    notes: tuple[str, ...] = ()
 
     def gold_label(self) -> str | None:
         return self.labels[0] if self.labels else None

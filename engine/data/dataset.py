@@ -32,7 +32,9 @@ from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_h
 
 log = logging.getLogger(__name__)
 
-REQUIRED_FIELDS = ("id", "dataset", "image", "question", "AUs", "labels")
+REQUIRED_FIELDS = ("id", "dataset", "image")
+# The official scripts' question when a record has none (src/eval/infer_emotion.py, grpo_jsonl.py).
+DEFAULT_QUESTION = "What is the emotion of this face?"
 RAW_LIMIT = 2000  # characters of the offending input kept in a quarantine record
 DEFAULT_ROWS_PER_PART = 512
 
@@ -169,8 +171,9 @@ class RecordValidator:
         self.seen_ids.add(fields["id"])
         if fields["is_valid"] is False:
             raise InvalidRecord("is_valid_false")
-        labels = _normalize_labels(fields["labels"], fields["dataset"])
-        aus = _normalize_aus(fields["AUs"])
+        labels, label_notes = _normalize_labels(fields["labels"])
+        aus, au_notes = _normalize_aus(fields["AUs"])
+        question, question_notes = _clean_question(fields["question"])
         image = load_image(fields["image"])
         digest = sha256_hex(image)
         if expected_sha256 is not None and digest != expected_sha256:
@@ -180,15 +183,16 @@ class RecordValidator:
         else:
             check_image_header(image)
         return Sample(id=fields["id"], dataset=fields["dataset"], image=image, image_sha256=digest,
-                      image_path=fields["image"], question=fields["question"], aus=aus, labels=labels,
-                      description=fields["description"], meta=fields["meta_info"])
+                      image_path=fields["image"], question=question, aus=aus, labels=labels,
+                      description=fields["description"], meta=fields["meta_info"],
+                      notes=tuple(dict.fromkeys(_previous_notes(obj) + question_notes + au_notes + label_notes)))
 
 
 def _typed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     """The record's fields with their types checked; optional ones defaulted."""
     expected = {"id": str, "dataset": str, "image": str, "question": str, "AUs": list, "labels": list,
                 "description": str, "meta_info": dict, "is_valid": bool}
-    defaults = {"description": "", "meta_info": {}, "is_valid": True}
+    defaults = {"description": "", "meta_info": {}, "is_valid": True, "question": "", "AUs": [], "labels": []}
     fields = {}
     for name, kind in expected.items():
         value = obj.get(name)
@@ -203,29 +207,47 @@ def _typed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _normalize_labels(words: list[Any], dataset: str) -> tuple[str, ...]:
-    label_set = facs.label_set_for(dataset)  # None for a dataset we do not know: any of the 8 nouns
+def _normalize_labels(words: list[Any]) -> tuple[tuple[str, ...], list[str]]:
+    """Open label sets: every label is kept, normalised (facs.normalize_label); -> (labels, notes).
+    A label that is not text is malformed; an empty one is left out with a note."""
     labels: list[str] = []
+    notes: list[str] = []
     for word in words:
-        noun = facs.normalize_emotion(word, label_set) if isinstance(word, str) else None
-        if noun is None:
-            raise InvalidRecord(f"unknown_label:{word}")
-        if noun not in labels:
-            labels.append(noun)
-    return tuple(labels)
+        if not isinstance(word, str):
+            raise InvalidRecord(f"bad_label:{word!r}")
+        label = facs.normalize_label(word)
+        if label is None:
+            notes.append(f"label_empty:{word!r}")
+        elif label not in labels:
+            labels.append(label)
+    return tuple(labels), notes
 
 
-def _normalize_aus(tokens: list[Any]) -> tuple[str, ...]:
-    # Bare integers (4, 12) are AU numbers in some sources; anything else that is not text is malformed.
-    texts = []
+def _normalize_aus(tokens: list[Any]) -> tuple[tuple[str, ...], list[str]]:
+    """Gold AU tokens -> (canonical ids, notes). Bare integers (4, 12) are AU numbers in some
+    sources. A token that is no FACS id is left out and named in a note ("au_invalid:smile"); it
+    never costs the record. If nothing valid is left, the AUs are unknown (an empty list)."""
+    texts: list[str] = []
+    notes: list[str] = []
     for token in tokens:
         if isinstance(token, bool) or not isinstance(token, (str, int)):
-            raise InvalidRecord(f"malformed_au:{token!r}")
-        texts.append(str(token))
+            notes.append(f"au_invalid:{token!r}")
+        else:
+            texts.append(str(token))
     aus, unknown = facs.normalize_aus(texts)
-    if unknown:
-        raise InvalidRecord(f"malformed_au:{unknown[0]}")
-    return aus
+    return aus, notes + [f"au_invalid:{token}" for token in unknown]
+
+
+def _clean_question(question: str) -> tuple[str, list[str]]:
+    """The official scripts' handling: "<image>" removed, stripped, DEFAULT_QUESTION when empty."""
+    cleaned = question.replace("<image>", "").strip()
+    return (cleaned, []) if cleaned else (DEFAULT_QUESTION, ["question_default"])
+
+
+def _previous_notes(obj: dict[str, Any]) -> list[str]:
+    """Notes a stored row already carries (a canonical dataset read again keeps them)."""
+    notes = obj.get("notes")
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
 
 
 # ---------------------------------------------------------------- readers
@@ -260,6 +282,7 @@ def _iter_sample_rows(part_uris: list[str], full_image_check: bool = True) -> It
         for index, row in enumerate(shards.iter_parquet_rows(part)):
             try:
                 record = shards.fea20k_record(row)
+                record["notes"] = list(row.get("notes") or ())
             except (ValueError, TypeError, KeyError) as err:
                 yield validator.quarantine(index, f"bad_row: {err}", _row_summary(row), row.get("id"))
                 continue
@@ -370,11 +393,13 @@ def write_samples(items: Iterable[Sample | QuarantineRecord], out_uri: str,
     parts = _PartWriter(out_uri, rows_per_part)
     quarantined: list[dict[str, Any]] = []
     by_reason: Counter[str] = Counter()
+    by_note: Counter[str] = Counter()
     read = 0
     for item in items:
         read += 1
         if isinstance(item, Sample):
             parts.add(item)
+            by_note.update(note.split(":", 1)[0] for note in item.notes)
         else:
             quarantined.append(shards.quarantine_to_row(item))
             by_reason[reason_code(item.reason)] += 1
@@ -385,7 +410,8 @@ def write_samples(items: Iterable[Sample | QuarantineRecord], out_uri: str,
         raise RuntimeError(f"import accounting broken: read {read} != imported {imported} "
                            f"+ quarantined {len(quarantined)}")
     summary = {"read": read, "imported": imported, "quarantined": len(quarantined),
-               "by_reason": dict(sorted(by_reason.items())), "parts": written,
+               "by_reason": dict(sorted(by_reason.items())), "by_note": dict(sorted(by_note.items())),
+               "parts": written,
                **{key: storage.redact(value) for key, value in about.items()},
                "out": storage.redact(out_uri), "schema_version": SCHEMA_VERSION}
     storage.write_json(storage.join(out_uri, "summary.json"), summary)

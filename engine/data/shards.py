@@ -58,9 +58,10 @@ SAMPLE_FIELDS = [
     pa.field("image_path", pa.string()),  # original relative path (provenance, export)
     pa.field("question", pa.string()),
     pa.field("aus", pa.list_(pa.string())),  # canonical ids, sorted numerically
-    pa.field("labels", pa.list_(pa.string())),  # canonical emotion nouns
+    pa.field("labels", pa.list_(pa.string())),  # normalised labels (open sets)
     pa.field("description", pa.string()),  # reference reasoning; in accepted shards: the accepted completion
     pa.field("meta", pa.string()),  # JSON object
+    pa.field("notes", pa.list_(pa.string())),  # what import changed or left out (Sample.notes)
 ]
 SAMPLE_SCHEMA = pa.schema(SAMPLE_FIELDS, metadata=_metadata("samples"))
 ACCEPTED_SCHEMA = pa.schema(SAMPLE_FIELDS + [pa.field("provenance", PROVENANCE_TYPE),
@@ -89,7 +90,7 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
     return {"id": sample.id, "dataset": sample.dataset, "image": sample.image,
             "image_sha256": sample.image_sha256, "image_path": sample.image_path, "question": sample.question,
             "aus": list(sample.aus), "labels": list(sample.labels), "description": sample.description,
-            "meta": meta_to_json(sample.meta)}
+            "meta": meta_to_json(sample.meta), "notes": list(sample.notes)}
 
 
 def row_to_sample(row: Mapping[str, Any]) -> Sample:
@@ -99,7 +100,8 @@ def row_to_sample(row: Mapping[str, Any]) -> Sample:
                   image_sha256=row["image_sha256"], image_path=row.get("image_path") or "",
                   question=row.get("question") or "", aus=tuple(row.get("aus") or ()),
                   labels=tuple(row.get("labels") or ()), description=row.get("description") or "",
-                  meta=json.loads(meta) if isinstance(meta, str) else dict(meta))
+                  meta=json.loads(meta) if isinstance(meta, str) else dict(meta),
+                  notes=tuple(row.get("notes") or ()))
 
 
 def accepted_row(sample: Sample, completion: str, provenance: Mapping[str, Any],

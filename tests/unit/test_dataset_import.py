@@ -54,6 +54,12 @@ def fea_input(tmp_path: Path):
         record(2, dataset="DISFA", labels=[], AUs=["L12", "AU25"], description=None, meta_info=None),
         record(3, dataset="MyOwnSet", labels=["surprised"], AUs=["AU1", "AU2", "AU5", "AU26"]),
         record(4, id="id.with.dots/and/slashes ü", labels=["angry"], AUs=["AU4", "AU5", "AU7", "AU23"]),
+        # what the official code accepts is imported: open labels, any FACS id, a non-FACS token is a note
+        record(10, labels=["Bored"]),
+        record(11, labels=["contempt"]),  # outside RAF-DB's 7, kept
+        record(12, image="faces/0005.png", AUs=["AU6", "AU99", "R12A", "AU33"]),
+        record(13, image="faces/0006.png", AUs=["smile"], question=None),
+        record(18, image="faces/0009.png", question="<image>\nHow does this person feel?", AUs=None, labels=None),
     ]
     bad = [
         ("bad_json", '{"id": "broken", "dataset": '),
@@ -63,10 +69,6 @@ def fea_input(tmp_path: Path):
         ("image_missing", json.dumps(record(7, image="faces/absent.png"))),
         ("image_undecodable", json.dumps(record(8, image="faces/garbage.png"))),
         ("image_undecodable", json.dumps(record(9, image="faces/truncated.png"))),
-        ("unknown_label:bored", json.dumps(record(10, labels=["bored"]))),
-        ("unknown_label:contempt", json.dumps(record(11, labels=["contempt"]))),  # not in RAF-DB's 7
-        ("malformed_au:AU99", json.dumps(record(12, image="faces/0005.png", AUs=["AU6", "AU99"]))),
-        ("malformed_au:smile", json.dumps(record(13, image="faces/0006.png", AUs=["smile"]))),
         ("duplicate_id", json.dumps(record(0, image="faces/0007.png"))),
         ("image_outside_root", json.dumps(record(14, image="../secret.txt"))),
         ("image_outside_root", json.dumps(record(15, image="../../../../etc/passwd"))),
@@ -91,13 +93,14 @@ def test_import_quarantines_every_bad_kind_and_accounts_for_all(fea_input, tmp_p
         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
     assert summary["by_reason"] == expected_reasons
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert [p["path"] for p in summary["parts"]] == [f"samples/part-{i:05d}.parquet" for i in range(3)]
+    assert [p["path"] for p in summary["parts"]] == [f"samples/part-{i:05d}.parquet" for i in range(5)]
+    assert summary["by_note"] == {"au_invalid": 2, "question_default": 1}
 
     quarantine = pl.read_parquet(out / "quarantine.parquet")
     assert sorted(dataset.reason_code(r) for r in quarantine["reason"]) == sorted(r for r, _ in bad)
     dup = quarantine.filter(pl.col("reason") == "duplicate_id")
     assert dup["sample_id"].to_list() == ["raf/train_0000.jpg"]
-    assert dup["line"].to_list() == [len(good) + 12 + 1]  # 1-based, counting the blank line
+    assert dup["line"].to_list() == [len(good) + 8 + 1]  # 1-based, counting the blank line
     assert set(quarantine["source"]) == {str(jsonl)}
     assert quarantine.filter(pl.col("reason").str.starts_with("bad_json"))["raw"].to_list() == [bad[0][1]]
 
@@ -120,6 +123,14 @@ def test_imported_parquet_reads_back_with_polars_and_datasets(fea_input, tmp_pat
     assert by_id["raf/train_0001.jpg"]["labels"] == ["sadness"]
     assert by_id["raf/train_0002.jpg"]["labels"] == [] and by_id["raf/train_0002.jpg"]["description"] == ""
     assert by_id["raf/train_0003.jpg"]["labels"] == ["surprise"]
+    assert by_id["raf/train_0010.jpg"]["labels"] == ["bored"] and by_id["raf/train_0011.jpg"]["labels"] == ["contempt"]
+    assert by_id["raf/train_0012.jpg"]["aus"] == ["AU6", "AU12", "AU33"]
+    assert by_id["raf/train_0012.jpg"]["notes"] == ["au_invalid:AU99"]
+    smile = by_id["raf/train_0013.jpg"]  # nothing valid left: the AUs are unknown
+    assert smile["aus"] == [] and smile["notes"] == ["question_default", "au_invalid:smile"]
+    assert smile["question"] == "What is the emotion of this face?"
+    stripped = by_id["raf/train_0018.jpg"]
+    assert stripped["question"] == "How does this person feel?" and stripped["aus"] == stripped["labels"] == []
 
     import datasets
 

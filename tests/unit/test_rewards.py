@@ -38,10 +38,10 @@ def test_reward_functions_return_the_verifier_scores_named_as_trl_logs_them():
                 for c, aus, labels, ds in zip(BATCH["completions"], BATCH["gold_aus"], BATCH["gold_labels"], BATCH["dataset"])]
     for function, name in zip(functions, REWARD_NAMES):
         assert function(prompts=[None] * 4, **BATCH) == [getattr(s, name) for s in expected]
-    # hand-checked: perfect; F1 2/3 and RAF-DB has no contempt; no <think> so no AU and no format;
-    # AU-only sample answered: acc 0.5
+    # hand-checked: perfect; F1 2/3 and "Contempt" equals the gold after normalisation (labels are
+    # open, RAF-DB's set does not restrict them); no <think> so no AU and no format; AU-only sample: acc 0.5
     assert functions[0](**BATCH) == pytest.approx([1.0, 2 * (2 / 3) - 1, -1.0, -1.0])
-    assert functions[1](**BATCH) == [1.0, 0.0, 0.0, 0.5]
+    assert functions[1](**BATCH) == [1.0, 1.0, 0.0, 0.5]
     assert functions[2](**BATCH) == [1.0, 1.0, 0.0, 1.0]
 
 
@@ -76,3 +76,12 @@ def test_recorder_forgets_the_steps_a_resumed_run_redoes(tmp_path):
     recorder.write([{"step": 2, "au": 1.0}])
     recorder.close()
     assert [(r["step"], r["au"]) for r in read_reward_records(tmp_path / "rewards.jsonl")] == [(0, 0.0), (1, 0.0), (2, 1.0)]
+
+
+def test_unknown_gold_gives_the_papers_neutral_rewards():
+    rewards = VerifierRewards(VerifierConfig())
+    au, acc, _ = rewards.functions()
+    batch = dict(completions=[GOOD, GOOD], gold_aus=[[], ["AU0"]], gold_labels=[[], ["sadness"]],
+                 dataset=["RAF-DB", "FABA"])
+    assert au(**batch) == [0.0, -1.0]  # unknown AUs: 0 (grpo_jsonl.py au_reward); "no AU" but AUs named: -1
+    assert acc(**batch) == [0.5, 1.0]  # unknown emotion: 0.5 (default_accuracy_reward)
