@@ -38,10 +38,11 @@ AU_DEFINITIONS_TEXT = "\n".join(f"{au}: {name}" for au, name in AU_DESCRIPTIONS.
 
 
 def prompt_label_set(sample: Sample) -> tuple[str, ...]:
-    """The labels the answer may use: the dataset's set, widened by the sample's own labels where a
-    source uses labels beyond it (open label sets); all eight emotions plus the sample's labels for
-    a labelled sample of an unlisted dataset; () when the emotion is unknown."""
-    known = label_set_for(sample.dataset)
+    """The labels the answer may use: the source's own set as imported (Sample.label_set), else the
+    dataset's listed set; either widened by the sample's own labels where a source uses labels
+    beyond it (open label sets); all eight emotions plus the sample's labels for a labelled sample of
+    an unlisted dataset; () when the emotion is unknown and no set is known."""
+    known = sample.label_set or label_set_for(sample.dataset)
     if not sample.labels:
         return known or ()
     base = known or EMOTIONS

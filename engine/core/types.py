@@ -34,6 +34,9 @@ class Sample:
     # What import changed or left out, machine-readable ("au_invalid:smile", "question_default",
     # "id_renamed:<original id>"): a record is kept, and what it lost is said here.
     notes: tuple[str, ...] = ()
+    # The answer labels of the record's source, as imported (listed set and the labels the source
+    # uses, sorted); () = not known here, the dataset's listed set then applies (facs.label_set_for).
+    label_set: tuple[str, ...] = ()
 
     def gold_label(self) -> str | None:
         return self.labels[0] if self.labels else None

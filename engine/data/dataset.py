@@ -138,6 +138,8 @@ class RecordValidator:
     # (their sha256 is checked instead): only the header is checked again. The full check is most of
     # a record's cost.
     full_image_check: bool = True
+    # Per dataset name: the source's answer labels (see `scan_label_sets`); stored rows carry their own.
+    label_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def quarantine(self, line: int, reason: str, raw: str, sample_id: str | None = None) -> QuarantineRecord:
         return QuarantineRecord(source=storage.redact(self.source), line=line, sample_id=sample_id,
@@ -185,7 +187,17 @@ class RecordValidator:
         return Sample(id=fields["id"], dataset=fields["dataset"], image=image, image_sha256=digest,
                       image_path=fields["image"], question=question, aus=aus, labels=labels,
                       description=fields["description"], meta=fields["meta_info"],
-                      notes=tuple(dict.fromkeys(_previous_notes(obj) + question_notes + au_notes + label_notes)))
+                      notes=tuple(dict.fromkeys(_previous_notes(obj) + question_notes + au_notes + label_notes)),
+                      label_set=self._label_set(obj, fields["dataset"], labels))
+
+    def _label_set(self, obj: dict[str, Any], dataset: str, labels: tuple[str, ...]) -> tuple[str, ...]:
+        stored = obj.get("label_set")
+        if isinstance(stored, list) and stored:
+            return tuple(str(label) for label in stored)
+        if dataset not in self.label_sets:
+            return ()
+        known = self.label_sets[dataset]
+        return known if set(labels) <= set(known) else tuple(sorted(set(known) | set(labels)))
 
 
 def _typed_fields(obj: dict[str, Any]) -> dict[str, Any]:
@@ -261,10 +273,30 @@ def _iter_lines(uri: str) -> Iterator[tuple[int, str]]:
                 yield number, text
 
 
+def scan_label_sets(uri: str, dataset: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Per dataset name in an FEA-20K JSONL file: its answer labels, i.e. the dataset's listed set
+    (facs.label_set_for) with every normalised label its valid records use, sorted (the order of the
+    official per-source tables). Reads only the text; `dataset` overrides each record's name."""
+    used: dict[str, set[str]] = {}
+    for _, text in _iter_lines(uri):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or obj.get("is_valid") is False:
+            continue
+        name = dataset or obj.get("dataset")
+        labels = obj.get("labels")
+        if isinstance(name, str) and isinstance(labels, list):
+            used.setdefault(name, set()).update(
+                n for n in (facs.normalize_label(w) for w in labels if isinstance(w, str)) if n)
+    return {name: tuple(sorted(set(facs.label_set_for(name) or ()) | found)) for name, found in used.items()}
+
+
 def iter_jsonl(uri: str, image_root: str | None = None) -> Iterator[Sample | QuarantineRecord]:
     """Every non-blank line of an FEA-20K JSONL file as a Sample or a QuarantineRecord."""
     uri = str(uri)
-    validator = RecordValidator(source=uri)
+    validator = RecordValidator(source=uri, label_sets=scan_label_sets(uri))
     load_image = image_loader(str(image_root) if image_root is not None else storage.parent(uri))
     for number, text in _iter_lines(uri):
         yield validator.from_json_line(text, number, load_image)
@@ -283,6 +315,7 @@ def _iter_sample_rows(part_uris: list[str], full_image_check: bool = True) -> It
             try:
                 record = shards.fea20k_record(row)
                 record["notes"] = list(row.get("notes") or ())
+                record["label_set"] = list(row.get("label_set") or ())
             except (ValueError, TypeError, KeyError) as err:
                 yield validator.quarantine(index, f"bad_row: {err}", _row_summary(row), row.get("id"))
                 continue

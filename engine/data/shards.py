@@ -62,6 +62,7 @@ SAMPLE_FIELDS = [
     pa.field("description", pa.string()),  # reference reasoning; in accepted shards: the accepted completion
     pa.field("meta", pa.string()),  # JSON object
     pa.field("notes", pa.list_(pa.string())),  # what import changed or left out (Sample.notes)
+    pa.field("label_set", pa.list_(pa.string())),  # the source's answer labels (Sample.label_set)
 ]
 SAMPLE_SCHEMA = pa.schema(SAMPLE_FIELDS, metadata=_metadata("samples"))
 ACCEPTED_SCHEMA = pa.schema(SAMPLE_FIELDS + [pa.field("provenance", PROVENANCE_TYPE),
@@ -90,7 +91,7 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
     return {"id": sample.id, "dataset": sample.dataset, "image": sample.image,
             "image_sha256": sample.image_sha256, "image_path": sample.image_path, "question": sample.question,
             "aus": list(sample.aus), "labels": list(sample.labels), "description": sample.description,
-            "meta": meta_to_json(sample.meta), "notes": list(sample.notes)}
+            "meta": meta_to_json(sample.meta), "notes": list(sample.notes), "label_set": list(sample.label_set)}
 
 
 def row_to_sample(row: Mapping[str, Any]) -> Sample:
@@ -101,7 +102,7 @@ def row_to_sample(row: Mapping[str, Any]) -> Sample:
                   question=row.get("question") or "", aus=tuple(row.get("aus") or ()),
                   labels=tuple(row.get("labels") or ()), description=row.get("description") or "",
                   meta=json.loads(meta) if isinstance(meta, str) else dict(meta),
-                  notes=tuple(row.get("notes") or ()))
+                  notes=tuple(row.get("notes") or ()), label_set=tuple(row.get("label_set") or ()))
 
 
 def accepted_row(sample: Sample, completion: str, provenance: Mapping[str, Any],

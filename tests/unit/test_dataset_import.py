@@ -129,6 +129,10 @@ def test_imported_parquet_reads_back_with_polars_and_datasets(fea_input, tmp_pat
     smile = by_id["raf/train_0013.jpg"]  # nothing valid left: the AUs are unknown
     assert smile["aus"] == [] and smile["notes"] == ["question_default", "au_invalid:smile"]
     assert smile["question"] == "What is the emotion of this face?"
+    # each source's own answer labels: RAF-DB's listed seven plus the open labels its records use
+    assert by_id["raf/train_0000.jpg"]["label_set"] == sorted(
+        ["anger", "bored", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"])
+    assert by_id["raf/train_0002.jpg"]["label_set"] == []  # DISFA: AU-only, no labels
     stripped = by_id["raf/train_0018.jpg"]
     assert stripped["question"] == "How does this person feel?" and stripped["aus"] == stripped["labels"] == []
 
