@@ -32,10 +32,30 @@ def _score(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from engine.data.dataset import import_fea20k
 
+    if args.manifest is not None:
+        from engine.data.sources import import_manifest
+
+        if args.jsonl or args.image_root:
+            raise preflight.UsageError("give --manifest or --jsonl with --image-root, not both")
+        preflight.check_file(args.manifest, "--manifest")
+        preflight.check_output(args.out)
+        _print_json(import_manifest(args.manifest, args.out))
+        return 0
     preflight.check_file(args.jsonl, "--jsonl")
     preflight.check_folder(args.image_root, "--image-root")
     preflight.check_output(args.out)
     _print_json(import_fea20k(args.jsonl, args.image_root, args.out))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    from engine.data.split import split_dataset
+
+    preflight.check_input(args.input, "--input")
+    preflight.check_output(args.out)
+    stratify = tuple(key for key in (args.stratify or "").split(",") if key.strip())
+    _print_json(split_dataset(args.input, args.out, seed_size=args.seed_size, seed_fraction=args.seed_fraction,
+                              test_fraction=args.test_fraction, stratify=stratify, seed=args.seed))
     return 0
 
 
@@ -88,7 +108,7 @@ def _synth(args: argparse.Namespace) -> int:
     preflight.check_config_file(args.config)
     cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
     preflight.check_synth(cfg)
-    _print_json(run_synth(cfg))
+    _print_json(run_synth(cfg, wait_for_lease=args.wait))
     return 0
 
 
@@ -112,6 +132,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
     p.add_argument("--job-id", dest="job_id")
     p.add_argument("--no-hint", action="store_true", help="Prompt without the label 'ground truth' block.")
+    p.add_argument("--wait", action="store_true",
+                   help="When another driver is writing --out, wait for it to finish instead of refusing.")
     p.set_defaults(handler=_synth)
 
 
@@ -178,10 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_score)
 
     p = sub.add_parser("import", help="FEA-20K JSONL + images -> canonical Parquet (with quarantine).")
-    p.add_argument("--jsonl", required=True)
-    p.add_argument("--image-root", dest="image_root", required=True)
+    p.add_argument("--jsonl", help="One source's JSONL (with --image-root).")
+    p.add_argument("--image-root", dest="image_root")
+    p.add_argument("--manifest", help="sources.yaml listing many sources (name, jsonl, image_root, dataset).")
     p.add_argument("--out", required=True, help="Local folder or s3:// prefix.")
     p.set_defaults(handler=_import)
+
+    p = sub.add_parser("split", help="A labelled dataset -> OUT/seed, OUT/pool (no reasoning), OUT/test.")
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True, help="Local folder or s3:// prefix.")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--seed-size", dest="seed_size", type=int, help="Records in the seed set (with reasoning).")
+    size.add_argument("--seed-fraction", dest="seed_fraction", type=float, help="Share of each stratum for seed.")
+    p.add_argument("--test-fraction", dest="test_fraction", type=float, default=0.1)
+    p.add_argument("--stratify", default="dataset,labels", help="Comma list of dataset, labels ('' = none).")
+    p.add_argument("--seed", type=int, default=0, help="The same seed gives the same split.")
+    p.set_defaults(handler=_split)
 
     p = sub.add_parser("export", help="Committed synthesis output -> FEA-20K JSONL with images beside it.")
     p.add_argument("uri")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from engine.data import storage
+from engine.data.lease import OutputLease
 from engine.core.config import ConfigError, SynthConfig
 from engine.synth.judge import Gold
 from engine.synth.partition import InputChangedError, Outcome, Partition, PartitionResult, cut_partitions, totals
@@ -244,7 +245,8 @@ class ActorPool:
     fleet: GeneratorFleet | None = None  # owns the generators when given
 
     @classmethod
-    def start(cls, cfg: SynthConfig, job_id: str, fleet: GeneratorFleet | None = None) -> "ActorPool":
+    def start(cls, cfg: SynthConfig, job_id: str, fleet: GeneratorFleet | None = None,
+              lease_token: str | None = None) -> "ActorPool":
         import ray
 
         from actors.filter import FilterActor
@@ -264,7 +266,7 @@ class ActorPool:
         # would starve the generators on small machines.
         filters = [FilterActor.options(num_cpus=0, max_restarts=-1).remote(cfg.verifier.model_dump(mode="json"))
                    for _ in range(cfg.filters)]
-        writer = WriterActor.options(num_cpus=0, max_restarts=-1).remote(cfg.out)
+        writer = WriterActor.options(num_cpus=0, max_restarts=-1).remote(cfg.out, lease_token)
         pool = cls(generators, filters, writer, started, [], 0.0, fleet)
         try:
             pool.model_ids = ray.get([g.model_id.remote() for g in generators])  # surfaces load errors now
@@ -424,6 +426,7 @@ class Scheduler:
         self.recovering: dict[tuple[str, int], Recovery] = {}
         self.probes: dict[Any, tuple[str, int]] = {}
         self.stats = RunStats(generator_requests=[0] * cfg.generators)
+        self.lease: OutputLease | None = None  # checked every turn: a lost lease stops the job
 
     # -- input
     def _admit(self, source: Prefetcher, block: bool) -> bool:
@@ -597,6 +600,8 @@ class Scheduler:
         started = time.monotonic()
         more_input = True
         while True:
+            if self.lease is not None:
+                self.lease.check()
             if more_input:
                 idle = not (self.pending or self.inflight or self.writes or self.probes)
                 more_input = self._admit(source, block=idle)
@@ -631,12 +636,19 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------- the job
-def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None) -> dict[str, Any]:
+def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None, wait_for_lease: bool = False) -> dict[str, Any]:
     """Run (or resume) a synthesis job; returns the summary also written to OUT/summary.json.
 
-    With a `fleet`, the job uses (and leaves running) its generator actors; the caller releases them."""
+    The job holds OUT's lease throughout (one writer per output): another driver's lease makes it
+    refuse (LeaseHeldError), or wait with `wait_for_lease`. With a `fleet`, the job uses (and leaves
+    running) its generator actors; the caller releases them."""
     started = time.monotonic()
     cfg = resolve_config(cfg)
+    with OutputLease(cfg.out).acquire(wait=wait_for_lease) as lease:
+        return _run_leased(cfg, fleet, lease, started)
+
+
+def _run_leased(cfg: SynthConfig, fleet: GeneratorFleet | None, lease: OutputLease, started: float) -> dict[str, Any]:
     job_id = cfg.job_id or default_job_id(cfg.out)
     open_job(cfg, job_id)
     committed = {c.partition: c for c in _read_commits(cfg.out, job_id)}
@@ -655,9 +667,11 @@ def run_synth(cfg: SynthConfig, fleet: GeneratorFleet | None = None) -> dict[str
     # that time absorb more of the input parsing, which later competes with the scheduler for the GIL.
     source = Prefetcher(itertools.chain([first], partitions), depth=PREFETCH_PARTITIONS)
     try:
-        pool = ActorPool.start(cfg, job_id, fleet)
+        pool = ActorPool.start(cfg, job_id, fleet, lease_token=lease.token)
         try:
-            stats = Scheduler(cfg, job_id, pool, progress, counts).run(source, plan)
+            scheduler = Scheduler(cfg, job_id, pool, progress, counts)
+            scheduler.lease = lease
+            stats = scheduler.run(source, plan)
         finally:
             progress.close(counts)
             pool.stop()
