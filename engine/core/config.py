@@ -35,12 +35,18 @@ class ModelConfig(Section):
 
 
 class VerifierConfig(Section):
-    policy: Literal["strict", "paper"] = Field("strict", description="Acceptance policy for synthesis.")
-    au_weight: float = Field(1.0, description="Weight of R_AU in the total reward.")
+    policy: Literal["strict", "paper"] = Field(
+        "strict", description="Acceptance policy for synthesis: strict (this project's default) or paper (the "
+                              "official synthesis filter, src/eval/infer_emotion.py).")
+    au_weight: float = Field(1.0, description="Weight of R_AU in the total reward (the paper: R = R_AU + R_acc + "
+                                              "R_format; the official grpo_emotion.sh trains with accuracy and "
+                                              "format only, i.e. 0).")
     acc_weight: float = Field(1.0, description="Weight of R_acc in the total reward.")
     format_weight: float = Field(1.0, description="Weight of R_format in the total reward.")
-    acc_without_label: float = Field(0.5, description="R_acc for samples with no gold label (paper code: 0.5).")
-    total_clamp: float = Field(10.0, description="The total reward is clamped to [-clamp, clamp] (paper code: 10).")
+    acc_without_label: float = Field(0.5, description="R_acc when the emotion is unknown (official code: 0.5, "
+                                                      "grpo_jsonl.py default_accuracy_reward).")
+    total_clamp: float = Field(10.0, description="The total reward is clamped to [-clamp, clamp] (official code: 10, "
+                                                 "grpo_trainer.py torch.clamp(rewards, min=-10, max=10)).")
     forbidden_words: tuple[str, ...] = Field(("no", "not", "without", "maybe"),
                                              description="Whole words that reject a think text (strict policy).")
     hint_phrases: tuple[str, ...] = Field(
@@ -59,7 +65,8 @@ class VerifierConfig(Section):
 class GenerationConfig(Section):
     backend: Literal["hf", "vllm", "replay"] = Field("hf", description="Generator backend.")
     max_new_tokens: int = Field(256, ge=1, description="Tokens generated per attempt at most.")
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the paper's synthesis).")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the official synthesis: infer_emotion.py "
+                                                         "do_sample=False).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, description="Completions per attempt; the first accepted one wins.")
     seed: int = Field(0, description="Sampling seed.")
@@ -90,10 +97,13 @@ class SynthConfig(Section):
     verifier: VerifierConfig = VerifierConfig()
     generators: int = Field(1, ge=1, description="Generator actors (one per GPU on a cluster).")
     filters: int = Field(1, ge=1, description="Filter actors.")
-    max_retries: int = Field(5, ge=0, description="Retries after the first attempt (paper: 5).")
-    hint: bool = Field(True, description="Label-conditioned prompt (the paper's 'ground truth' block).")
+    max_retries: int = Field(5, ge=0, description="Retries after the first attempt (official: 5, infer_emotion.py "
+                                                   "--max_retry).")
+    hint: bool = Field(True, description="Label-conditioned prompt (the official synthesis' Ground Truth block, "
+                                         "src/eval/infer_emotion.py).")
     prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
+                            "facial-r1): facial-r1 (the official repository's wording), full (this "
                             "project's, with the AU definitions and a worked example), compact (its rules and "
                             "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
     partition_size: int = Field(64, ge=1, description="Input samples per committed partition.")
@@ -178,7 +188,8 @@ class TrainSection(Section):
     out: str = Field("", description="Local output folder (checkpoints/, adapter/, merged/, runs/, checkpoint.json).")
     round: int = Field(0, ge=0, description="Self-improvement round recorded in checkpoint.json.")
     prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
+                            "facial-r1): facial-r1 (the official repository's wording), full (this "
                             "project's, with the AU definitions and a worked example), compact (its rules and "
                             "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
     lora: LoraSection = LoraSection()
@@ -218,19 +229,25 @@ class SFTSection(TrainSection):
 
 
 class GRPOSection(TrainSection):
-    learning_rate: float = Field(1e-6, gt=0.0, description="Peak learning rate (paper: 1e-6).")
+    learning_rate: float = Field(1e-6, gt=0.0, description="Peak learning rate (official: 1e-6, the default of "
+                                                           "open_r1/trainer/grpo_config.py; grpo_emotion.sh sets none).")
     lr_scheduler_type: str = Field("constant", description="transformers scheduler name.")
     per_device_train_batch_size: int = Field(
         8, ge=1, description="Completions per device per step; times devices and accumulation, a multiple of num_generations.")
-    num_generations: int = Field(8, ge=2, description="Group size G: completions sampled per prompt (paper: 8).")
-    beta: float = Field(0.04, ge=0.0, description="KL coefficient against the reference model (paper: 0.04).")
-    epsilon: float = Field(0.2, gt=0.0, description="PPO-style clip range (paper: 0.2).")
-    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of the rollouts (paper: 1.0).")
+    num_generations: int = Field(8, ge=2, description="Group size G: completions sampled per prompt (official: 8, "
+                                                      "run_scripts/grpo_emotion.sh --num_generations 8).")
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient against the reference model (official: 0.0, "
+                                                 "run_scripts/grpo_emotion.sh --beta 0.0; 0 loads no reference model).")
+    epsilon: float = Field(0.2, gt=0.0, description="PPO-style clip range (official: 0.2, grpo_config.py default).")
+    temperature: float = Field(1.0, gt=0.0, description="Sampling temperature of the rollouts (official: 1, "
+                                                        "grpo_trainer.py GenerationConfig(temperature=1)).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of the rollouts.")
-    max_completion_length: int = Field(1024, ge=1, description="Tokens generated per rollout at most.")
+    max_completion_length: int = Field(256, ge=1, description="Tokens generated per rollout at most (official: 256, "
+                                                            "run_scripts/grpo_emotion.sh --max_completion_length 256).")
     num_iterations: int = Field(1, ge=1, description="Optimisation passes per generated batch (mu).")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
-        "grpo", description="TRL loss aggregation; 'grpo' (per-sequence mean) is what the paper's code used.")
+        "grpo", description="TRL loss aggregation; 'grpo' (per-sequence mean) is what the official code uses "
+                            "(grpo_trainer.py compute_loss).")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="Advantage normalisation.")
     verifier: VerifierConfig = VerifierConfig()
     record_rewards: bool = Field(True, description="Append every (completion, gold, rewards) to OUT/rewards.jsonl.")
@@ -248,7 +265,8 @@ class EvalSection(Section):
     verifier: VerifierConfig = VerifierConfig()
     limit: int | None = Field(None, ge=1, description="Evaluate the first N samples only.")
     prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set: facial-r1 (the official repository's wording), full (this "
+        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
+                            "facial-r1): facial-r1 (the official repository's wording), full (this "
                             "project's, with the AU definitions and a worked example), compact (its rules and "
                             "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
 

@@ -16,16 +16,21 @@ from trainer.run import training_config
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def test_paper_defaults():
+def test_official_defaults():
+    # run_scripts/grpo_emotion.sh: --num_generations 8 --beta 0.0 --max_completion_length 256;
+    # grpo_config.py: lr 1e-6, epsilon 0.2; grpo_trainer.py: temperature 1
     grpo = GRPOSection()
-    assert (grpo.num_generations, grpo.beta, grpo.learning_rate, grpo.epsilon, grpo.temperature) == (8, 0.04, 1e-6, 0.2, 1.0)
+    assert (grpo.num_generations, grpo.beta, grpo.learning_rate, grpo.epsilon, grpo.temperature,
+            grpo.max_completion_length) == (8, 0.0, 1e-6, 0.2, 1.0, 256)
+    assert "grpo_emotion.sh" in GRPOSection.model_fields["beta"].description
     assert grpo.lora.enabled and grpo.freeze_vision and grpo.report_to == ("tensorboard",)
     sft = SFTSection()
     assert sft.learning_rate == 1e-4 and sft.lora.enabled
 
 
 @pytest.mark.parametrize("name, sections", [("sft.yaml", ["sft"]), ("grpo.yaml", ["grpo"]),
-                                            ("cpu-smoke.yaml", ["sft", "grpo", "eval"])])
+                                            ("cpu-smoke.yaml", ["sft", "grpo", "eval"]),
+                                            ("sft-official.yaml", ["sft"]), ("grpo-official.yaml", ["grpo"])])
 def test_shipped_yamls_load_and_say_how_to_launch(name, sections):
     text = (CONFIGS / name).read_text()
     assert text.startswith("#") and ("accelerate launch" in text or "fea train" in text)
@@ -33,7 +38,8 @@ def test_shipped_yamls_load_and_say_how_to_launch(name, sections):
     for section in sections:
         load_config(classes[section], CONFIGS / name, section=section)
     grpo = load_config(GRPOSection, CONFIGS / "grpo.yaml", section="grpo")
-    assert (grpo.num_generations, grpo.beta, grpo.learning_rate, grpo.epsilon, grpo.temperature) == (8, 0.04, 1e-6, 0.2, 1.0)
+    assert (grpo.num_generations, grpo.beta, grpo.learning_rate, grpo.epsilon, grpo.temperature,
+            grpo.max_completion_length) == (8, 0.0, 1e-6, 0.2, 1.0, 256)
 
 
 @pytest.mark.parametrize("name, kind, stage", [("ddp.yaml", "MULTI_GPU", None), ("zero2.yaml", "DEEPSPEED", 2),
@@ -54,7 +60,7 @@ def test_flags_override_the_file_and_weights_pair_with_data(tmp_path):
     assert (cfg.model.path, cfg.out, cfg.max_steps, cfg.learning_rate) == ("m", "o", 5, 1e-4)
     assert mixing_probabilities(cfg.data) == [0.75, 0.25]
     kept = training_config("grpo", config_path=str(CONFIGS / "grpo.yaml"))
-    assert [s.uri for s in kept.data] == ["s3://fea/fea20k/train"]
+    assert [s.uri for s in kept.data] == ["s3://fea/fea20k-split/pool"]  # `fea split` writes it
     with pytest.raises(ValueError, match="2 weights for 1"):
         training_config("sft", data=["a"], weights=[1, 2])
     with pytest.raises(ConfigError, match="twice"):
@@ -105,3 +111,22 @@ def test_accelerate_command_per_node():
     assert "--config_file configs/accelerate/zero3.yaml" in joined
     assert "--num_machines 2 --machine_rank 1 --num_processes 16 --main_process_ip 10.0.0.1" in joined
     assert cmd[-6:] == ["-m", "engine.cli", "train", "sft", "--out", "o"]
+
+
+def test_official_configs_reproduce_the_official_scripts():
+    from engine.core.config import SynthConfig
+
+    grpo = load_config(GRPOSection, CONFIGS / "grpo-official.yaml", section="grpo")
+    assert (grpo.beta, grpo.max_completion_length, grpo.num_generations, grpo.learning_rate) == (0.0, 256, 8, 1e-6)
+    assert (grpo.per_device_train_batch_size, grpo.gradient_accumulation_steps, grpo.num_train_epochs) == (8, 4, 8)
+    assert grpo.verifier.au_weight == 0.0 and grpo.prompt_style == "facial-r1" and not grpo.lora.enabled
+    sft = load_config(SFTSection, CONFIGS / "sft-official.yaml", section="sft")
+    assert (sft.learning_rate, sft.num_train_epochs, sft.max_length, sft.lora.enabled) == (5e-6, 2, 2048, False)
+    synth = load_config(SynthConfig, CONFIGS / "synth-official.yaml", section="synth")
+    assert (synth.verifier.policy, synth.prompt_style, synth.max_retries, synth.generation.max_new_tokens) == (
+        "paper", "facial-r1", 5, 1024)
+    evaluation = load_config(EvalSection, CONFIGS / "eval-official.yaml", section="eval")
+    assert evaluation.prompt_style == "facial-r1" and evaluation.generation.max_new_tokens == 1024
+    for name in ("grpo-official.yaml", "sft-official.yaml", "eval-official.yaml"):
+        header = (CONFIGS / name).read_text().split("\n", 1)[0]
+        assert header.startswith("#")
