@@ -89,7 +89,7 @@ def out_location(kind: str, tmp_path: Path) -> str:
 
 # ---------------------------------------------------------------- replay: retries, shards, loaders, export
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
-def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys):
+def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys, monkeypatch):
     from engine.core import prompts, verifier
     from engine.core.types import Sample
 
@@ -138,7 +138,7 @@ def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys):
     assert [a["attempt"] for a in rejected[ids[8]]["attempts"]] == [0, 1, 2]
     assert all(a["reasons"] for a in rejected[ids[8]]["attempts"])
 
-    _check_loaders(out, expected=sorted(accepted))
+    _check_loaders(out, expected=sorted(accepted), monkeypatch=monkeypatch)
     _check_export(out, tmp_path, accepted_ids=sorted(accepted), rejected_ids=sorted(rejected))
 
     # a rerun after success does nothing and says so
@@ -164,7 +164,7 @@ def test_a_short_queue_is_spread_over_all_generators(ray_local, faces, tmp_path)
     assert summary["run"]["generator_requests"] == [4, 4]
 
 
-def _check_loaders(out: str, expected: list[str]) -> None:
+def _check_loaders(out: str, expected: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Accepted shards load with webdataset, polars and datasets, from disk and from S3."""
     import datasets
     import polars as pl
@@ -192,7 +192,7 @@ def _check_loaders(out: str, expected: list[str]) -> None:
     options = storage.fsspec_storage_options(out)
     # HF offline mode (no model hub here) makes `datasets` refuse every remote URL, s3:// included;
     # a user reading from object storage runs with HF_DATASETS_OFFLINE=0, which is this.
-    datasets.config.HF_HUB_OFFLINE = False
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     as_parquet = datasets.load_dataset("parquet", data_files=parquets, split="train", storage_options=options)
     assert sorted(as_parquet["id"]) == expected
     as_wds = datasets.load_dataset("webdataset", data_files=tars, split="train", storage_options=options)
@@ -252,27 +252,46 @@ def test_rerun_with_other_input_is_refused(ray_local, faces, tmp_path):
 
 
 # ---------------------------------------------------------------- real models
+@pytest.fixture(scope="module")
+def answering_model(tiny_model, faces, tmp_path_factory) -> Path:
+    """The tiny model trained to answer the first face's compact synthesis prompt with its reference
+    reasoning, so that a real backend's run has accepted rows (a random model's never are)."""
+    from engine.core.types import Sample
+    from engine.data.dataset import load_input
+    from tests.support.memorized import memorize
+
+    first = next(iter(load_input(str(faces / "samples.jsonl"), str(faces))))
+    assert isinstance(first, Sample)
+    return memorize(tiny_model, first, tmp_path_factory.mktemp("answering-model"), style="compact")
+
+
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
-def test_hf_end_to_end(where, ray_local, tiny_model, faces, tmp_path, caplog):
-    model = str(tiny_model)
+def test_hf_end_to_end(where, ray_local, answering_model, faces, tmp_path, caplog):
+    model = str(answering_model)
     if where == "s3":  # the model itself comes from object storage too, copied once to a local cache
         model = f"s3://fea-test/models-{uuid.uuid4().hex[:8]}/tiny"
-        for path in tiny_model.rglob("*"):
+        for path in answering_model.rglob("*"):
             if path.is_file():
-                storage.write_bytes(storage.join(model, str(path.relative_to(tiny_model))), path.read_bytes())
+                storage.write_bytes(storage.join(model, str(path.relative_to(answering_model))), path.read_bytes())
     jsonl = subset_jsonl(faces, tmp_path / "in", 6)
+    first = face_records(faces, 1)[0]
     out = out_location(where, tmp_path)
     caplog.set_level(logging.INFO)
     summary = run_synth(synth_config(input=str(jsonl), image_root=str(faces), out=out, model={"path": model},
-                                     partition_size=3, max_retries=1, progress="log",
-                                     generation={"backend": "hf", "max_new_tokens": 16, "batch_size": 4}))
+                                     partition_size=3, max_retries=1, progress="log", prompt_style="compact",
+                                     generation={"backend": "hf", "max_new_tokens": 96, "batch_size": 4}))
     assert summary["inputs"] == 6 and summary["partitions"] == 2 and summary["backend"] == "hf"
     assert summary["generated_tokens"] > 0 and summary["generated_tokens_per_second"] > 0
     groups = assert_accounted_once(out, input_ids(jsonl))
     for row in committed_rows(out, "rejected"):
         assert 1 <= len(row["attempts"]) <= 2 and all(a["reasons"] for a in row["attempts"])
-    for row in committed_rows(out, "accepted"):
+    accepted = {row["id"]: row for row in committed_rows(out, "accepted")}
+    assert first["id"] in accepted  # the answer it learned, at the first attempt
+    assert accepted[first["id"]]["description"] == first["description"]
+    assert accepted[first["id"]]["provenance"]["attempts"] == 1
+    for row in accepted.values():
         assert row["provenance"]["model_id"] == summary["model_ids"][0]
+        assert row["provenance"]["backend"] == "hf" and row["rewards"]["total"] > 0
     assert len(groups["accepted"]) + len(groups["rejected"]) == 6
     if where == "s3":  # no credential anywhere: logs, job record, summary, commits
         from tests.support.seaweed import SECRET_KEY
