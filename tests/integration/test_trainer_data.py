@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -99,5 +98,14 @@ def test_sources_are_mixed_by_weight(faces, tmp_path):
     assert 3 <= from_b <= 15, from_b
     with pytest.raises(ValueError, match="no training data"):
         build_dataset([], "sft")
+
+
+def test_sft_rows_of_equal_weight_sources_alternate_from_the_start(faces, tmp_path):
+    a = str(faces / "samples.jsonl")
+    b = str(_copy_jsonl(faces, tmp_path / "b.jsonl", lambda i, r: {
+        **r, "id": "b-" + r["id"], "description": r["description"].replace("<think>", "<think>[b] ", 1)}))
     mixed, _ = build_dataset([DataSource(uri=a, weight=1.0), DataSource(uri=b, weight=1.0)], "sft", seed=0)
-    assert len({r["completion"][0]["content"][0]["text"] for r in islice(mixed, 48)}) > 1
+    from_b = [r["completion"][0]["content"][0]["text"].startswith("<think>[b] ") for r in mixed]
+    assert 6 <= sum(from_b[:24]) <= 18, from_b[:24]  # both sources from the start, not one after the other
+    # all_exhausted: every row of both sources is seen
+    assert sum(from_b) >= 24 and len(from_b) - sum(from_b) >= 24

@@ -11,7 +11,6 @@ from engine.core.prompts import (
     EXAMPLE_AUS,
     EXAMPLE_COMPLETION,
     EXAMPLE_LABEL,
-    PROMPT_VERSION,
     build_messages,
     describe_reasons,
     make_request,
@@ -138,7 +137,6 @@ def test_make_request():
     assert request.image == IMAGE
     assert request.messages == build_messages(sample(), hint=True, history=history)
     assert request.prompt_hash == prompt_hash(request.messages)
-    assert PROMPT_VERSION
 
 
 def test_compact_style_keeps_the_rules_and_format_without_definitions():
