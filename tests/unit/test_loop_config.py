@@ -1,7 +1,6 @@
 """Every shipped YAML with a `loop:` section loads into LoopConfig, headed by its launch command."""
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ import yaml
 
 from engine.core.config import ConfigError, LoopConfig, ModelConfig, load_config
 from engine.loop import _round_model, held_out_score
+from tests.support.config_files import header, launches_itself, unheld_values
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")
                  if "loop" in (yaml.safe_load(p.read_text()) or {}))
@@ -20,12 +20,12 @@ def test_demo_and_gpu_loops_are_shipped():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_loop_config_loads_and_says_how_to_launch(path):
+def test_loop_config_holds_what_its_file_says_and_says_how_to_launch(path):
     overrides = DEMO_PATHS if path.name == "demo.yaml" else {}  # `fea demo` fills the demo's paths in
     cfg = load_config(LoopConfig, path, overrides, section="loop")
-    assert cfg.rounds >= 1 and cfg.synth.max_retries >= 0
-    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), path.read_text().splitlines()))
-    assert "fea demo" in header or "fea loop" in header
+    written = {k: v for k, v in yaml.safe_load(path.read_text())["loop"].items() if k not in overrides}
+    assert unheld_values(cfg, written) == []
+    assert ("fea demo" in header(path) or "fea loop" in header(path)) and launches_itself(path)
 
 
 def test_a_loop_without_its_data_is_refused_with_the_missing_fields():

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from engine.core.config import ConfigError, EvalSection, GRPOSection, SFTSection, load_config
+from tests.support.config_files import launches_itself, unheld_values
 from trainer.common import TrainingError, is_vision_parameter, last_checkpoint, resume_point
 from trainer.data import mixing_probabilities
 from trainer.ray_launch import accelerate_command
@@ -31,12 +32,14 @@ def test_official_defaults():
 @pytest.mark.parametrize("name, sections", [("sft.yaml", ["sft"]), ("grpo.yaml", ["grpo"]),
                                             ("cpu-smoke.yaml", ["sft", "grpo", "eval"]),
                                             ("sft-official.yaml", ["sft"]), ("grpo-official.yaml", ["grpo"])])
-def test_shipped_yamls_load_and_say_how_to_launch(name, sections):
+def test_shipped_yamls_hold_what_they_say_and_say_how_to_launch(name, sections):
     text = (CONFIGS / name).read_text()
     assert text.startswith("#") and ("accelerate launch" in text or "fea train" in text)
+    assert launches_itself(CONFIGS / name)
     classes = {"sft": SFTSection, "grpo": GRPOSection, "eval": EvalSection}
     for section in sections:
-        load_config(classes[section], CONFIGS / name, section=section)
+        cfg = load_config(classes[section], CONFIGS / name, section=section)
+        assert unheld_values(cfg, yaml.safe_load(text)[section]) == [], section
     grpo = load_config(GRPOSection, CONFIGS / "grpo.yaml", section="grpo")
     assert (grpo.num_generations, grpo.beta, grpo.learning_rate, grpo.epsilon, grpo.temperature,
             grpo.max_completion_length) == (8, 0.0, 1e-6, 0.2, 1.0, 256)
