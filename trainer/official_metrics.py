@@ -34,7 +34,8 @@ _AU = re.compile(r"AU\d+")
 
 def extract_au_pred_think(output: str) -> list[str]:
     match = _THINK.search(output)
-    return sorted(set(_AU.findall(match.group(1) if match else output)), key=lambda au: int(au[2:]))
+    # the official key is the number alone; ties ("AU04", "AU4") are ordered by text here, so runs agree
+    return sorted(set(_AU.findall(match.group(1) if match else output)), key=lambda au: (int(au[2:]), au))
 
 
 def extract_label_pred_answer(output: str) -> list[str]:
