@@ -74,6 +74,13 @@ DATASET_LABELS: dict[str, tuple[str, ...]] = {
     "RAF-AU": _SIX,
     "DISFA": (),
     "BP4D": (),
+    # further sources of the official per-source table (open_r1/configs/config.json)
+    "ExpW": _SEVEN,
+    "SFEW": _SEVEN,
+    "KDEF": _SEVEN,
+    "WSEFEP": _SEVEN,
+    "NHFI": EMOTIONS,
+    "NIMH-ChEFS": ("anger", "fear", "happiness", "neutral", "sadness"),
     "SynthFaces": EMOTIONS,
 }
 _DATASET_BY_LOWER = {name.lower(): labels for name, labels in DATASET_LABELS.items()}
