@@ -12,10 +12,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# No per-example deadline: on a loaded 2-core machine an example's time says more about the other
+# jobs than about the code (Hypothesis' default of 200 ms fails tests that are correct).
+settings.register_profile("fea", deadline=None)
+settings.load_profile("fea")
 
 
 @pytest.fixture(scope="session")

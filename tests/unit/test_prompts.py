@@ -150,7 +150,7 @@ def test_compact_style_keeps_the_rules_and_format_without_definitions():
                                                                             style="compact").prompt_hash
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(question=st.text(max_size=40), completion=st.text(max_size=60),
        reasons=st.lists(st.sampled_from(["format", "au_missing:AU4", "label_mismatch:anger!=sadness", "x:\"\\"]),
                         max_size=3),
