@@ -20,6 +20,8 @@ from engine.data import storage
 from tests.support.processes import kill_driver_and_children
 
 pytestmark = pytest.mark.slow
+# Each test's pytest timeout (the suite's default is 900 s) stays above the sum of its own phase
+# timeouts, so a stuck phase fails with its output and its processes killed, not by pytest-timeout.
 
 FEA = [sys.executable, "-m", "engine.cli"]
 STEPS = ("sft_seed", "grpo", "synth", "retrain", "eval")
@@ -66,14 +68,31 @@ def check_round_accounting(run: str | Path, rounds: int, seed: int, pool: list[d
     assert len(seen) == len(set(seen))
 
 
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    """The process's output once it ends successfully; past `timeout` it is killed with every process
+    it started (its Ray included) and the test fails with the end of its output."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_driver_and_children(proc.pid)
+        output, _ = proc.communicate()
+        pytest.fail(f"{' '.join(proc.args)} still running after {timeout:.0f} s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.mark.timeout(1800)
 def test_demo_runs_two_rounds_and_reports_measured_numbers(tmp_path):
     out = tmp_path / "demo"
     started = time.monotonic()
-    result = subprocess.run([*FEA, "demo", "--out", str(out)], capture_output=True, text=True, timeout=1500)
+    output = finish(start([*FEA, "demo", "--out", str(out)]), timeout=1500)
     elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stderr[-4000:]
     report = out / "run" / "report.md"
-    assert f"report: {report}" in result.stdout
+    assert f"report: {report}" in output
     run = out / "run"
     pool, test = jsonl(out / "faces" / "pool.jsonl"), jsonl(out / "faces" / "test.jsonl")
     for index in range(2):
@@ -119,21 +138,22 @@ def write_replay_store(faces: Path, pool: list[dict], max_retries: int) -> Path:
 
 
 def start_demo(out: Path, config: Path) -> subprocess.Popen:
-    return subprocess.Popen([*FEA, "demo", "--out", str(out), "--faces", "24", "--seed-size", "6",
-                             "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return start([*FEA, "demo", "--out", str(out), "--faces", "24", "--seed-size", "6", "--config", str(config)])
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"the loop ended before the kill point:\n{proc.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, "kill point never reached"
+        if time.monotonic() > deadline:
+            kill_driver_and_children(proc.pid)
+            pytest.fail(f"kill point not reached in {timeout:.0f} s:\n{proc.communicate()[0][-3000:]}")
         time.sleep(0.2)
     kill_driver_and_children(proc.pid)  # the driver and the Ray it started, like a lost node
     proc.wait(60)
 
 
+@pytest.mark.timeout(3000)  # phases: 600 + 600 + 900 + 600 s at most
 def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
     from engine.demo.faces import write_face_set
 
@@ -162,9 +182,7 @@ def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
     assert first_commits  # synthesis finished before the kill; its commits must survive the rerun
 
     # 3. the same command again finishes the run, keeping what was done
-    proc = start_demo(out, config)
-    output, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, output[-4000:]
+    finish(start_demo(out, config), timeout=900)
     assert (run / "round-00" / "sft_seed" / "step.json").read_bytes() == seed_record
     assert {p.name: p.read_bytes() for p in commits.glob("*.json")} == first_commits
     assert step_record(run, 0, "retrain")["train"]["resumed_from_step"] > 0  # continued, not restarted
@@ -175,14 +193,13 @@ def test_loop_resumes_after_kills_between_and_inside_steps(tmp_path):
 
     # 4. and once more: nothing left to do, nothing rewritten
     before = {p: p.stat().st_mtime_ns for p in run.rglob("step.json")}
-    proc = start_demo(out, config)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-4000:]
+    finish(start_demo(out, config), timeout=600)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("step.json")} == before
 
 
 # ---------------------------------------------------------------- a run folder on object storage
 @pytest.mark.s3
+@pytest.mark.timeout(1800)  # phases: 900 + 600 s at most
 def test_loop_keeps_its_run_folder_on_s3_and_resumes_there(s3, tiny_model, tmp_path):
     """`out` on the S3 server: step records, shards, models and the report land there, with no
     credential in any of them; a rerun with --resume finds every step done and rewrites nothing."""
@@ -203,8 +220,7 @@ def test_loop_keeps_its_run_folder_on_s3_and_resumes_there(s3, tiny_model, tmp_p
     config = tmp_path / "loop.yaml"
     config.write_text(yaml.safe_dump({"loop": loop}))
 
-    result = subprocess.run([*FEA, "loop", "--config", str(config)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    output = finish(start([*FEA, "loop", "--config", str(config)]), timeout=900)
 
     check_round_accounting(out, 2, 6, pool, test)
     assert all(step_record(out, index, "synth")["out"].startswith(out) for index in range(2))
@@ -218,11 +234,9 @@ def test_loop_keeps_its_run_folder_on_s3_and_resumes_there(s3, tiny_model, tmp_p
         if uri.endswith((".json", ".yaml", ".md", ".jsonl")):
             text = storage.read_text(uri)
             assert not any(secret in text for secret in secrets), uri
-    assert not any(secret in result.stdout + result.stderr for secret in secrets)
+    assert not any(secret in output for secret in secrets)
 
     steps = {uri: storage.read_bytes(uri) for uri in written if uri.endswith("step.json")}
-    again = subprocess.run([*FEA, "loop", "--config", str(config), "--resume"], capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0, again.stderr[-4000:]
+    finish(start([*FEA, "loop", "--config", str(config), "--resume"]), timeout=600)
     assert {uri: storage.read_bytes(uri) for uri in steps} == steps
     assert sorted(u for u in storage.list_files(out, recursive=True) if u.endswith("step.json")) == sorted(steps)
