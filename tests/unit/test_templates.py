@@ -82,3 +82,18 @@ def test_open_label_set_in_the_answer_rule():
     assert "bittersweet" in text
     assert render_labels(("a", "b"), "comma") == "a, b"
     assert render_labels(("a",), "dict_keys") == "dict_keys(['a'])"
+
+
+def test_retry_feedback_never_asks_for_what_is_unknown():
+    from engine.core.config import VerifierConfig
+    from engine.core.verifier import verify
+
+    emotion_only = sample(aus=(), labels=("happiness",))
+    completion = "<think>The brows are lowered (AU4) and the lips press (AU24).</think><answer>anger</answer>"
+    for policy, style in (("strict", "full"), ("paper", "facial-r1")):
+        reasons = verify(completion, emotion_only.aus, emotion_only.labels, VerifierConfig(policy=policy)).reasons
+        assert not any(r.startswith("au_") for r in reasons)
+        text = "\n".join(user_texts(build_messages(emotion_only, hint=True, history=[(completion, reasons)],
+                                                   style=style)))
+        assert "Action Units are present" not in text and "The predicted AUs must be" not in text
+        assert "happiness" in text.split("anger</answer>")[-1]  # the label problem is still fed back
