@@ -27,24 +27,18 @@ from PIL import Image
 
 from engine.core import facs
 from engine.data import shards, storage
+from engine.data.fields import (  # noqa: F401  (InvalidRecord, DEFAULT_QUESTION: part of this module's surface)
+    DEFAULT_QUESTION, InvalidRecord, clean_question, normalize_aus, normalize_labels, previous_notes, typed_fields)
 from engine.data.png import png_complete
 from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("id", "dataset", "image")
-# The official scripts' question when a record has none (src/eval/infer_emotion.py, grpo_jsonl.py).
-DEFAULT_QUESTION = "What is the emotion of this face?"
 RAW_LIMIT = 2000  # characters of the offending input kept in a quarantine record
 DEFAULT_ROWS_PER_PART = 512
 
 
-class InvalidRecord(Exception):
-    """Why a record cannot be used; `reason` is '<code>' or '<code>: <detail>'."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def reason_code(reason: str) -> str:
@@ -167,15 +161,15 @@ class RecordValidator:
         for name in REQUIRED_FIELDS:
             if obj.get(name) is None:
                 raise InvalidRecord(f"missing_field:{name}")
-        fields = _typed_fields(obj)
+        fields = typed_fields(obj)
         if fields["id"] in self.seen_ids:
             raise InvalidRecord("duplicate_id")
         self.seen_ids.add(fields["id"])
         if fields["is_valid"] is False:
             raise InvalidRecord("is_valid_false")
-        labels, label_notes = _normalize_labels(fields["labels"])
-        aus, au_notes = _normalize_aus(fields["AUs"])
-        question, question_notes = _clean_question(fields["question"])
+        labels, label_notes = normalize_labels(fields["labels"])
+        aus, au_notes = normalize_aus(fields["AUs"])
+        question, question_notes = clean_question(fields["question"])
         image = load_image(fields["image"])
         digest = sha256_hex(image)
         if expected_sha256 is not None and digest != expected_sha256:
@@ -187,7 +181,7 @@ class RecordValidator:
         return Sample(id=fields["id"], dataset=fields["dataset"], image=image, image_sha256=digest,
                       image_path=fields["image"], question=question, aus=aus, labels=labels,
                       description=fields["description"], meta=fields["meta_info"],
-                      notes=tuple(dict.fromkeys(_previous_notes(obj) + question_notes + au_notes + label_notes)),
+                      notes=tuple(dict.fromkeys(previous_notes(obj) + question_notes + au_notes + label_notes)),
                       label_set=self._label_set(obj, fields["dataset"], labels))
 
     def _label_set(self, obj: dict[str, Any], dataset: str, labels: tuple[str, ...]) -> tuple[str, ...]:
@@ -198,68 +192,6 @@ class RecordValidator:
             return ()
         known = self.label_sets[dataset]
         return known if set(labels) <= set(known) else tuple(sorted(set(known) | set(labels)))
-
-
-def _typed_fields(obj: dict[str, Any]) -> dict[str, Any]:
-    """The record's fields with their types checked; optional ones defaulted."""
-    expected = {"id": str, "dataset": str, "image": str, "question": str, "AUs": list, "labels": list,
-                "description": str, "meta_info": dict, "is_valid": bool}
-    defaults = {"description": "", "meta_info": {}, "is_valid": True, "question": "", "AUs": [], "labels": []}
-    fields = {}
-    for name, kind in expected.items():
-        value = obj.get(name)
-        if value is None and name in defaults:
-            value = defaults[name]
-        if not isinstance(value, kind):
-            raise InvalidRecord(f"bad_field:{name}: expected {kind.__name__}, got {type(value).__name__}")
-        fields[name] = value
-    for name in ("id", "image"):
-        if not fields[name].strip():
-            raise InvalidRecord(f"missing_field:{name}")
-    return fields
-
-
-def _normalize_labels(words: list[Any]) -> tuple[tuple[str, ...], list[str]]:
-    """Open label sets: every label is kept, normalised (facs.normalize_label); -> (labels, notes).
-    A label that is not text is malformed; an empty one is left out with a note."""
-    labels: list[str] = []
-    notes: list[str] = []
-    for word in words:
-        if not isinstance(word, str):
-            raise InvalidRecord(f"bad_label:{word!r}")
-        label = facs.normalize_label(word)
-        if label is None:
-            notes.append(f"label_empty:{word!r}")
-        elif label not in labels:
-            labels.append(label)
-    return tuple(labels), notes
-
-
-def _normalize_aus(tokens: list[Any]) -> tuple[tuple[str, ...], list[str]]:
-    """Gold AU tokens -> (canonical ids, notes). Bare integers (4, 12) are AU numbers in some
-    sources. A token that is no FACS id is left out and named in a note ("au_invalid:smile"); it
-    never costs the record. If nothing valid is left, the AUs are unknown (an empty list)."""
-    texts: list[str] = []
-    notes: list[str] = []
-    for token in tokens:
-        if isinstance(token, bool) or not isinstance(token, (str, int)):
-            notes.append(f"au_invalid:{token!r}")
-        else:
-            texts.append(str(token))
-    aus, unknown = facs.normalize_aus(texts)
-    return aus, notes + [f"au_invalid:{token}" for token in unknown]
-
-
-def _clean_question(question: str) -> tuple[str, list[str]]:
-    """The official scripts' handling: "<image>" removed, stripped, DEFAULT_QUESTION when empty."""
-    cleaned = question.replace("<image>", "").strip()
-    return (cleaned, []) if cleaned else (DEFAULT_QUESTION, ["question_default"])
-
-
-def _previous_notes(obj: dict[str, Any]) -> list[str]:
-    """Notes a stored row already carries (a canonical dataset read again keeps them)."""
-    notes = obj.get("notes")
-    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
 
 
 # ---------------------------------------------------------------- readers
