@@ -13,10 +13,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 
 def _template_name(name: str) -> str:
-    from engine.core.templates import is_template_name
+    from engine.core.templates import is_template_name, resolve
 
     if not is_template_name(name):
         raise ValueError(f"unknown prompt template set {name!r}: facial-r1, full, compact, engine or a .yaml file")
+    try:
+        resolve(name)  # a template file is read and checked now, not on the first prompt of a remote actor
+    except (OSError, ValueError) as err:
+        raise ValueError(f"prompt template file {name}: {err}") from None
     return name
 
 
@@ -79,6 +83,10 @@ class GenerationConfig(Section):
                                                       "reads from the CPU's cache rather than from memory. Helps "
                                                       "when generators share a cache (two on a 2-core VM: 48); "
                                                       "0 = no limit. Not applied on GPU.")
+    hf_decoder: Literal["auto", "generate"] = Field(
+        "auto", description="hf: 'auto' decodes Qwen2-VL-family models with the engine's own loop (KV kept "
+        "across retries, the fast path of BENCHMARKS.md) and any other model with transformers' generate; "
+        "'generate' uses generate for every model.")
     max_num_seqs: int = Field(256, ge=1, description="vLLM: sequences in its running batch at most, shared by "
                                                      "the batches in flight on one generator.")
     max_model_len: int = Field(2048, ge=256, description="vLLM context length.")

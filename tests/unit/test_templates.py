@@ -97,3 +97,14 @@ def test_retry_feedback_never_asks_for_what_is_unknown():
                                                    style=style)))
         assert "Action Units are present" not in text and "The predicted AUs must be" not in text
         assert "happiness" in text.split("anger</answer>")[-1]  # the label problem is still fed back
+
+
+def test_configs_check_template_files_when_loaded(tmp_path):
+    from engine.core.config import ConfigError, SynthConfig, load_config
+
+    good = tmp_path / "mine.yaml"
+    good.write_text("base: facial-r1\n")
+    assert load_config(SynthConfig, None, {"prompt_style": str(good)}).prompt_style == str(good)
+    for bad in (str(tmp_path / "missing.yaml"), "nonsense"):
+        with pytest.raises(ConfigError, match="prompt_style"):
+            load_config(SynthConfig, None, {"prompt_style": bad})
