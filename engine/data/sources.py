@@ -57,20 +57,21 @@ class Manifest(BaseModel):
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """The manifest at `path`, its relative paths resolved against its folder; ValueError names the rule."""
-    path = Path(path)
+    """The manifest at `path` (local or s3://), its relative paths resolved against its folder;
+    ValueError names the rule."""
+    path = str(path)
     try:
-        manifest = Manifest.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        manifest = Manifest.model_validate(yaml.safe_load(storage.read_text(path)) or {})
     except ValidationError as err:
         lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ValueError(f"invalid manifest {path}:\n  " + "\n  ".join(lines)) from None
+        raise ValueError(f"invalid manifest {storage.redact(path)}:\n  " + "\n  ".join(lines)) from None
     names = [s.name for s in manifest.sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: source names must be unique, got {names}")
-    base = path.resolve().parent
+        raise ValueError(f"{storage.redact(path)}: source names must be unique, got {names}")
+    base = storage.parent(path) if storage.is_s3(path) else str(Path(path).resolve().parent)
 
     def resolved(value: str) -> str:
-        return value if storage.is_s3(value) or Path(value).is_absolute() else str(base / value)
+        return value if storage.is_s3(value) or Path(value).is_absolute() else storage.join(base, value)
 
     return Manifest(sources=tuple(s.model_copy(update={"jsonl": resolved(s.jsonl), "image_root": resolved(s.image_root)})
                                   for s in manifest.sources))

@@ -90,3 +90,18 @@ def test_train_on_the_seed_and_evaluate_on_the_test_split(prepared, tiny_model, 
     for view in (metrics["overall"], metrics["official"]):
         assert view["emotion_n"] == with_labels and view["au_n"] == with_aus
     assert metrics["n"] == len(samples)
+
+
+@pytest.mark.s3
+def test_import_a_manifest_stored_in_s3(s3, prepared):
+    import uuid
+
+    from engine.data import storage
+
+    prefix = f"s3://fea-test/fea20k-{uuid.uuid4().hex[:10]}"
+    sources = prepared["root"] / "sources"
+    for path in sorted(p for p in sources.rglob("*") if p.is_file()):
+        storage.write_bytes(storage.join(prefix, "sources", str(path.relative_to(sources))), path.read_bytes())
+    summary = import_manifest(storage.join(prefix, "sources", "sources.yaml"), storage.join(prefix, "all"))
+    assert (summary["imported"], summary["quarantined"], summary["renamed_ids"]) == (24, 0, 24)
+    assert len(list(dataset.iter_samples(storage.join(prefix, "all")))) == 24
