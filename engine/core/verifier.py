@@ -22,8 +22,7 @@ Acceptance policies (cfg.policy):
   first <answer>...</answer>, split on "," "、" "，", stripped, as a set. Each is compared with the
   gold set only when that gold list is known (`True if not gold else gold == pred`). A missing or
   empty <think> or first <answer> is reported (no_think, no_answer) but does not block acceptance.
-  The gold lists are the imported ones (canonical AU ids, normalised labels), so a source's "R12A"
-  is matched as "AU12"; for the explicit no-AU form the output must hold no AU id at all.
+  Gold lists are the imported ones (canonical ids, normalised labels): a source's "R12A" is "AU12".
 - "strict": when the AUs are known, the normalised AUs inside <think> equal the gold set; no AU id
   there that is no FACS code; when the label is known, the normalised answer equals the normalised
   first gold label; the format passes, none of cfg.forbidden_words in the think text (contractions
