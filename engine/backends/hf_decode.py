@@ -33,16 +33,22 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
-def check_supported(config) -> None:
-    """Refuse models that `prefill`/`decode` would run wrongly: other architectures, and sliding-window
-    layers (decoding builds one full-attention mask for every layer)."""
+def unsupported_reason(config) -> str | None:
+    """Why `prefill`/`decode` would run this model wrongly (None: they serve it): other architectures,
+    and sliding-window layers (decoding builds one full-attention mask for every layer)."""
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"the hf backend serves the Qwen2-VL family ({', '.join(SUPPORTED_MODEL_TYPES)}), "
-                         f"not {config.model_type!r} (use the vllm backend)")
+        families = ", ".join(SUPPORTED_MODEL_TYPES)
+        return f"this decoding serves the Qwen2-VL family ({families}), not {config.model_type!r}"
     layer_types = set(getattr(config.get_text_config(), "layer_types", None) or ["full_attention"])
     if layer_types != {"full_attention"}:
-        raise ValueError(f"the hf backend decodes full-attention models only; this one has {sorted(layer_types)} "
-                         "layers (use the vllm backend)")
+        return f"this decoding serves full-attention models only; this one has {sorted(layer_types)} layers"
+    return None
+
+
+def check_supported(config) -> None:
+    reason = unsupported_reason(config)
+    if reason:
+        raise ValueError(reason)
 
 
 def kv_bytes_per_token(model) -> int:
