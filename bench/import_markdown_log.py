@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("markdown", type=Path)
     parser.add_argument("--out", type=Path, default=render.RESULTS)
     args = parser.parse_args()
+    if any(args.out.glob("*.jsonl")):
+        raise SystemExit(f"{args.out} already holds records: importing again would duplicate them")
     runs, analyses = convert(args.markdown.read_text(encoding="utf-8"))
     args.out.mkdir(parents=True, exist_ok=True)
     for record in runs:
