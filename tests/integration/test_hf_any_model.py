@@ -96,3 +96,27 @@ def test_own_decoding_and_plain_generate_agree_on_qwen(tiny_model, requests):
         finally:
             backend.close()
     assert completions["auto"] == completions["generate"]
+
+
+def test_fea_synth_runs_on_a_llava_model(ray_local, tiny_llava, faces, tmp_path):
+    """The synthesis job's generator actors serve the second family too; every input is accounted for."""
+    import json
+
+    from engine.core.config import SynthConfig
+    from engine.data import shards
+    from engine.synth.job import run_synth
+
+    lines = (faces / "samples.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "out")
+    cfg = SynthConfig.model_validate(dict(
+        input=str(tmp_path / "in.jsonl"), image_root=str(faces), out=out, model={"path": str(tiny_llava)},
+        partition_size=2, max_retries=1, progress="off", prompt_style="compact",
+        generation={"backend": "hf", "max_new_tokens": 8, "batch_size": 4}))
+    summary = run_synth(cfg)
+    assert summary["inputs"] == 4 and summary["accepted"] + summary["rejected"] == 4
+    assert summary["model_ids"][0].startswith(tiny_llava.name + "@") and summary["generated_tokens"] > 0
+    rejected = [row for uri in shards.committed_shard_uris(out, "rejected", "parquet")
+                for row in shards.iter_parquet_rows(uri)]
+    assert sorted(r["id"] for r in rejected) == sorted(json.loads(line)["id"] for line in lines)
+    assert all(a["reasons"] for r in rejected for a in r["attempts"])
