@@ -7,6 +7,8 @@ its number, so redoing an uncommitted partition replaces only its own uncommitte
 """
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -199,10 +201,27 @@ def write_partition(out: str, result: PartitionResult, leftovers: set[str] | Non
                                     if not rows[kind])
     commit = make_commit(result, accepted=len(rows["accepted"]), rejected=len(rows["rejected"]),
                          quarantined=len(rows["quarantine"]), shards_written=written)
+    failpoint("before-commit")
     if not storage.write_once(shards.commit_uri(out, index), commit.to_json().encode("utf-8")):
         # another writer committed this partition between our check and now: theirs stands
         return _same_input_or_fail(_existing_commit(out, index), result)
     return commit
+
+
+FAILPOINT_ENV = "FEA_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """For fault tests: with FEA_FAILPOINT=<name>:<marker file>, the process SIGKILLs itself here, once
+    (the marker file, created first, keeps its restarted successor alive)."""
+    point, _, marker = os.environ.get(FAILPOINT_ENV, "").partition(":")
+    if point != name or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # One thread per shard of a partition (SHARD_LAYOUT has four).
