@@ -118,3 +118,52 @@ def plot_lines(x: Sequence[float], series: Mapping[str, Sequence[float | None]],
         ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_interval_bars(values: Mapping[str, float | None], intervals: Mapping[str, Sequence[float] | None],
+                       path: str | Path, title: str, ylabel: str, colors: Mapping[str, str] | None = None,
+                       legend: Mapping[str, str] | None = None, ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
+    """One bar per key with its interval [lo, hi] as an error bar (None: no bar, no error bar); bars
+    may be coloured by key (e.g. a control arm apart from the stages) and the colours named in a
+    legend (label -> colour); value printed above each."""
+    plt = _pyplot()
+    names = list(values)
+    heights = [math.nan if values[k] is None else float(values[k]) for k in names]
+    spans = [intervals.get(k) for k in names]
+    below = [0.0 if s is None or math.isnan(h) else max(h - s[0], 0.0) for h, s in zip(heights, spans)]
+    above = [0.0 if s is None or math.isnan(h) else max(s[1] - h, 0.0) for h, s in zip(heights, spans)]
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.8 * len(names) + 1.5), 3.8))
+    bars = ax.bar(range(len(names)), [0.0 if math.isnan(h) else h for h in heights],
+                  yerr=[below, above], capsize=4, ecolor="black",
+                  color=[(colors or {}).get(k, "tab:blue") for k in names])
+    crowded = len(names) > 5
+    ax.set_xticks(range(len(names)), labels=names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    if legend:
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=color, label=label) for label, color in legend.items()], fontsize=8,
+                  loc="upper left")
+    for bar, key, top in zip(bars, names, above):
+        ax.annotate(fmt(values[key], 2), (bar.get_x() + bar.get_width() / 2, bar.get_height() + top),
+                    ha="center", va="bottom", fontsize=8)
+    return _save(fig, path)
+
+
+def save_thumbnail(image: bytes, path: str | Path, size: int = 128) -> Path:
+    """An encoded image -> a PNG at most `size` pixels on its longer side."""
+    import io
+
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(image)) as picture:
+        thumb = picture.convert("RGB")
+        thumb.thumbnail((size, size))
+        thumb.save(path, format="PNG")
+    return path
