@@ -166,11 +166,11 @@ def _stage_plots(rows: Sequence[dict], control: dict | None, plots: Path) -> lis
     colors.update({rows[-1]["name"]: COLORS["final"]} if rows else {})
     colors.update({CONTROL: COLORS[CONTROL]} if control else {})
     files = []
-    for metric, title, stem in (("emotion_accuracy", "Held-out emotion accuracy per stage", "stage_accuracy"),
-                                ("au_macro_f1", "Held-out AU F1 (macro) per stage", "stage_au_f1")):
+    for metric, label, stem in (("emotion_accuracy", "emotion accuracy", "stage_accuracy"),
+                                ("au_macro_f1", "AU F1 (macro)", "stage_au_f1")):
         files.append(report.plot_interval_bars(
             {r["name"]: r[metric] for r in shown}, {r["name"]: r[f"{metric}_ci95"] for r in shown},
-            plots / f"{stem}.png", f"{title} (95% CI)", metric.replace("_", " "), colors=colors,
+            plots / f"{stem}.png", f"Held-out {label} per stage (95% CI)", label, colors=colors,
             legend={"stage": COLORS["stage"], "final model": COLORS["final"],
                     **({"control arm (seed only)": COLORS[CONTROL]} if control else {})}))
     return files

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.facs import present_aus
-from trainer.metrics import EvalRecord, Prediction, compute_metrics
+from trainer.metrics import EvalRecord, Prediction, compute_metrics, gold_label
 
 METRICS = ("emotion_accuracy", "au_macro_f1", "au_micro_f1", "format_rate")
 CONFIDENCE = 0.95
@@ -60,7 +60,7 @@ class RecordStatistic:
 
     def __init__(self, data: StageData) -> None:
         labelled = [bool(r.gold_labels) for r in data.records]
-        correct = [bool(r.gold_labels) and p.label is not None and p.label == _gold(r)
+        correct = [bool(r.gold_labels) and p.label is not None and p.label == gold_label(r)
                    for r, p in zip(data.records, data.predictions, strict=True)]
         self.n = len(data.records)
         self.labelled = np.array(labelled, dtype=float)
@@ -103,12 +103,6 @@ class RecordStatistic:
     def on_all_records(self) -> dict[str, float | None]:
         values = self.from_counts(np.ones((1, self.n)))[:, 0]
         return {name: None if math.isnan(v) else float(v) for name, v in zip(METRICS, values)}
-
-
-def _gold(record: EvalRecord) -> str | None:
-    from trainer.metrics import gold_label
-
-    return gold_label(record)
 
 
 # ---------------------------------------------------------------- checks and intervals
