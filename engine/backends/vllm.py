@@ -268,8 +268,14 @@ def _refusals() -> tuple[type[Exception], ...]:
     return (ValueError, VLLMClientError)
 
 
+# The max_lora_rank values vLLM accepts; an adapter of a rank in between needs the next one up.
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def _lora_rank(adapter: str) -> int:
+    """vLLM's max_lora_rank for this adapter: its rank `r`, rounded up to a value vLLM accepts."""
     import json
 
     with open(os.path.join(adapter, "adapter_config.json")) as f:
-        return int(json.load(f).get("r", 16))
+        rank = int(json.load(f).get("r", 16))
+    return next((allowed for allowed in _VLLM_LORA_RANKS if allowed >= rank), rank)
