@@ -195,59 +195,84 @@ def _seconds_table(seconds_per_stage: Mapping[str, float]) -> str:
 
 
 def perception_line(perception: Mapping[str, Any]) -> str:
-    return (f"Perception pretraining of the base model (AU descriptions only, faces disjoint from every demo "
-            f"split): {float(perception['seconds']):.1f} s, {perception['faces']} faces, {perception['steps']} steps.")
+    """The base model's perception pretraining cost (seconds, faces, steps; an optional `note`)."""
+    note = f" {perception['note']}" if perception.get("note") else ""
+    return (f"Perception pretraining of the base model, before the loop: {float(perception['seconds']):.1f} s, "
+            f"{perception['faces']} faces, {perception['steps']} steps.{note}")
 
 
-def _stage_sections(cfg: LoopConfig, rounds: Sequence, stages: Sequence[StageEval], local: Path) -> list[tuple[str, str]]:
+def _stages_section(rows: Sequence[dict], control: dict | None) -> str:
+    return (_stage_table(rows, control) + "\n\n" + control_comparison(rows[-1] if rows else None, control)
+            + "\n\nHeld-out figures of every evaluated model; intervals are 95% BCa bootstrap intervals over "
+            f"test records (scipy.stats.bootstrap, {RESAMPLES} resamples).")
+
+
+def _gallery_sections(cfg: LoopConfig, rounds: Sequence, final: StageEval, local: Path) -> list[tuple[str, str]]:
+    from engine.run_gallery import held_out_gallery, synthesized_gallery
+
+    last = rounds[-1] if rounds else None
+    synth_out = last.steps.get("synth", {}).get("out") if last is not None else None
+    return [("Gallery: held-out faces", held_out_gallery(cfg.test, load_predictions(final.eval_dir).rows, local)),
+            ("Gallery: accepted synthesized samples",
+             synthesized_gallery(synth_out, local, last.index if last is not None else None))]
+
+
+def _stage_sections(cfg: LoopConfig, rounds: Sequence, stages: Sequence[StageEval],
+                    local: Path) -> list[tuple[str, str]]:
+    """The stage table with intervals, the stage plots, the final model's plots and the gallery."""
     rows, control = _stage_rows(stages, RESAMPLES, 0)
-    final = [s for s in stages if s.name != CONTROL]
     plots = _stage_plots(rows, control, local / "plots")
-    sections = [("Stages", _stage_table(rows, control) + "\n\n" + control_comparison(rows[-1] if rows else None, control)
-                 + "\n\nHeld-out figures of every evaluated model; intervals are 95% BCa bootstrap intervals over "
-                 f"test records (scipy.stats.bootstrap, {RESAMPLES} resamples)."),
+    sections = [("Stages", _stages_section(rows, control)),
                 ("Stage plots", "\n\n".join(report.image_link(f, local, f.stem) for f in plots))]
-    if final:
-        from engine.run_gallery import held_out_gallery, synthesized_gallery
-
-        files = _final_plots(final[-1], local / "plots")
-        sections.append((f"Final model ({final[-1].name})", "\n\n".join(report.image_link(f, local, f.stem)
-                                                                          for f in files)))
-        rows_final = load_predictions(final[-1].eval_dir).rows
-        last = rounds[-1] if rounds else None
-        synth_out = last.steps.get("synth", {}).get("out") if last is not None else None
-        sections += [("Gallery: held-out faces", held_out_gallery(cfg.test, rows_final, local)),
-                     ("Gallery: accepted synthesized samples",
-                      synthesized_gallery(synth_out, local, last.index if last is not None else None))]
+    evaluated = [s for s in stages if s.name != CONTROL]
+    if evaluated:
+        files = _final_plots(evaluated[-1], local / "plots")
+        sections.append((f"Final model ({evaluated[-1].name})",
+                         "\n\n".join(report.image_link(f, local, f.stem) for f in files)))
+        sections += _gallery_sections(cfg, rounds, evaluated[-1], local)
     return sections
+
+
+def _run_section(cfg: LoopConfig, rounds_run: int, stop_reason: str | None,
+                 perception: Mapping[str, Any] | None) -> str:
+    body = report.markdown_table(["out", "base model", "rounds run", "score", "stopped because"],
+                                 [[storage.redact(cfg.out), storage.redact(cfg.base_model.path), rounds_run,
+                                   cfg.score, stop_reason or "running"]])
+    return body + ("\n\n" + perception_line(perception) if perception else "")
+
+
+def _synthesis_table(synthesis: Sequence[Mapping[str, Any]]) -> str:
+    return report.markdown_table(["round", "inputs", "accepted", "acceptance"],
+                                 [[s["round"], s["inputs"], s["accepted"], synthesis_row(s["round"], s)["acceptance"]]
+                                  for s in synthesis])
+
+
+def _timing_section(rows: Sequence[dict], seconds_per_stage: Mapping[str, float] | None) -> str:
+    timing = report.markdown_table(["round", *STEPS], [[r["round"], *(r["seconds"].get(s) for s in STEPS)]
+                                                       for r in rows])
+    return (_seconds_table(seconds_per_stage) + "\n\n" if seconds_per_stage else "") \
+        + "Seconds per round and step:\n\n" + timing
 
 
 def write_run_report(cfg: LoopConfig, rounds: Sequence, stop_reason: str | None = None, *,
                      stages: Sequence[StageEval] = (), synthesis_rows: Sequence[Mapping[str, Any]] | None = None,
                      perception: Mapping[str, Any] | None = None,
                      seconds_per_stage: Mapping[str, float] | None = None) -> str:
-    """OUT/report.md, OUT/plots/*.png and OUT/gallery/*.png; written locally, then copied when OUT is on S3.
-    Without `stages` it holds the per-round tables and plots only."""
+    """OUT/report.md, OUT/plots/*.png and OUT/gallery/*.png; written locally, then copied when OUT is
+    on S3. Without `stages` it holds the per-round tables and plots only; `synthesis_rows` defaults
+    to the rounds' synthesis counts."""
     rows = [round_row(state) for state in rounds]
     local = Path(cfg.out) if not storage.is_s3(cfg.out) else Path(tempfile.mkdtemp(prefix="fea-report-"))
     synthesis = list(synthesis_rows) if synthesis_rows is not None else synthesis_rows_from_rounds(rounds)
-    run_body = report.markdown_table(["out", "base model", "rounds run", "score", "stopped because"],
-                                     [[storage.redact(cfg.out), storage.redact(cfg.base_model.path), len(rows),
-                                       cfg.score, stop_reason or "running"]])
-    if perception:
-        run_body += "\n\n" + perception_line(perception)
-    timing = report.markdown_table(["round", *STEPS], [[r["round"], *(r["seconds"].get(s) for s in STEPS)]
-                                                       for r in rows])
-    sections = [("Run", run_body), *(_stage_sections(cfg, rounds, stages, local) if stages else []),
-                ("Synthesis per round", report.markdown_table(
-                    ["round", "inputs", "accepted", "acceptance"],
-                    [[s["round"], s["inputs"], s["accepted"], synthesis_row(s["round"], s)["acceptance"]]
-                     for s in synthesis])),
-                ("Rounds", _rounds_table(rows) + "\n\nEvery number is measured in this run: synthesis counts come "
-                 "from the committed partitions, quality from the held-out evaluation of each round's retrained model."),
-                ("Seconds per stage", (_seconds_table(seconds_per_stage) + "\n\n" if seconds_per_stage else "")
-                 + "Seconds per round and step:\n\n" + timing),
-                ("Plots", "\n\n".join(report.image_link(f, local, f.stem) for f in _round_plots(rows, local / "plots")))]
+    round_plots = _round_plots(rows, local / "plots")
+    sections = [("Run", _run_section(cfg, len(rows), stop_reason, perception)),
+                *(_stage_sections(cfg, rounds, stages, local) if stages else []),
+                ("Synthesis per round", _synthesis_table(synthesis)),
+                ("Rounds", _rounds_table(rows) + "\n\nEvery number is measured in this run: synthesis counts "
+                 "come from the committed partitions, quality from the held-out evaluation of each round's "
+                 "retrained model."),
+                ("Seconds per stage", _timing_section(rows, seconds_per_stage)),
+                ("Plots", "\n\n".join(report.image_link(f, local, f.stem) for f in round_plots))]
     path = report.write_markdown(local / "report.md", "Facial-R1 self-improvement run", sections)
     if storage.is_s3(cfg.out):
         storage.upload_dir(local, cfg.out)
