@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.facs import present_aus
+from engine.data import storage
 from trainer.metrics import EvalRecord, Prediction, compute_metrics, gold_label
 
 METRICS = ("emotion_accuracy", "au_macro_f1", "au_micro_f1", "format_rate")
@@ -39,10 +40,11 @@ class StageData:
 
 
 def load_predictions(eval_dir: str | Path) -> StageData:
-    rows = [json.loads(line) for line in (Path(eval_dir) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    """predictions.jsonl of an evaluation folder, local or s3://."""
+    text = storage.read_text(storage.join(str(eval_dir), "predictions.jsonl"))
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     if not rows:
-        raise ValueError(f"{eval_dir}/predictions.jsonl holds no prediction")
+        raise ValueError(f"{storage.redact(str(eval_dir))}/predictions.jsonl holds no prediction")
     records = [EvalRecord(r["id"], r["dataset"], tuple(r["gold_aus"]), tuple(r["gold_labels"]), "",
                           r["completion"], r.get("error")) for r in rows]
     predictions = [Prediction(r["pred_label"], tuple(r["pred_aus"]), bool(r["format_ok"])) for r in rows]
@@ -149,10 +151,12 @@ def metrics_with_intervals(eval_dir: str | Path, *, resamples: int = 1000, seed:
     data = load_predictions(eval_dir)
     point = point_metrics(data)
     statistic = RecordStatistic(data)
-    check_agreement(point, statistic.on_all_records(), f"{eval_dir}: resampled statistic vs trainer.metrics")
-    stored = Path(eval_dir) / "metrics.json"
-    if stored.exists():
-        check_agreement(json.loads(stored.read_text())["overall"], point, f"{eval_dir}: metrics.json vs predictions")
+    check_agreement(point, statistic.on_all_records(),
+                    f"{storage.redact(str(eval_dir))}: resampled statistic vs trainer.metrics")
+    stored = storage.join(str(eval_dir), "metrics.json")
+    if storage.exists(stored):
+        check_agreement(json.loads(storage.read_text(stored))["overall"], point,
+                        f"{storage.redact(str(eval_dir))}: metrics.json vs predictions")
     intervals = bootstrap_intervals(statistic, resamples=resamples, seed=seed)
     out: dict[str, Any] = {}
     for name in METRICS:
