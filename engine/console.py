@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class RunConsole:
     handlers: list[logging.Handler]
     terminal_filter: TerminalFilter
     moved: list[tuple[logging.Logger, logging.Handler, bool]] = field(default_factory=list)
+    upload_to: str | None = None  # the run folder on S3: the log is copied there when logging closes
     stages: int = 0
     depth: int = 0
 
@@ -129,13 +131,17 @@ def _route_library_loggers(console: RunConsole) -> None:
 
 
 def setup_run_logging(run_dir: str | Path, *, level: int = logging.INFO) -> RunConsole:
-    """Log records (`level` and above) and warnings go to RUN_DIR/run.log; errors, and this project's
-    warnings, also to the terminal (never known noise). Takes the place of the root logger's terminal
-    handlers and of libraries' own; close_run_logging puts them back."""
+    """Log records (`level` and above) and warnings go to RUN_DIR/run.log (a local file that
+    close_run_logging copies there when RUN_DIR is on S3); errors, and this project's warnings, also
+    to the terminal (never known noise). Takes the place of the root logger's terminal handlers and
+    of libraries' own; close_run_logging puts them back."""
     global _active
+    from engine.data import storage
+
     if _active is not None:
         close_run_logging()
-    path = Path(run_dir) / LOG_NAME
+    upload_to = storage.join(str(run_dir), LOG_NAME) if storage.is_s3(run_dir) else None
+    path = Path(tempfile.mkdtemp(prefix="fea-run-log-")) / LOG_NAME if upload_to else Path(run_dir) / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     log_stream = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115 - held for the run
     to_file = logging.StreamHandler(log_stream)
@@ -146,7 +152,7 @@ def setup_run_logging(run_dir: str | Path, *, level: int = logging.INFO) -> RunC
     terminal_filter = TerminalFilter()
     to_terminal.addFilter(terminal_filter)
     to_terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    console = RunConsole(path, log_stream, terminal, [to_file, to_terminal], terminal_filter)
+    console = RunConsole(path, log_stream, terminal, [to_file, to_terminal], terminal_filter, upload_to=upload_to)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if _writes_to_terminal(h)]:
         root.removeHandler(handler)
@@ -161,7 +167,8 @@ def setup_run_logging(run_dir: str | Path, *, level: int = logging.INFO) -> RunC
 
 
 def close_run_logging() -> None:
-    """Undo setup_run_logging: handlers back where they were, warnings printed again, log closed."""
+    """Undo setup_run_logging: handlers back where they were, warnings printed again, log closed (and
+    copied to the run folder when that is on S3)."""
     global _active
     console, _active = _active, None
     if console is None:
@@ -176,6 +183,10 @@ def close_run_logging() -> None:
     if console.terminal not in (sys.stderr, sys.__stderr__):
         console.terminal.close()
     console.log_stream.close()
+    if console.upload_to:
+        from engine.data import storage
+
+        storage.write_bytes(console.upload_to, console.log_path.read_bytes())
 
 
 # ---------------------------------------------------------------- stages
@@ -296,7 +307,7 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
             f"round {s['round']} {_rate(s['acceptance'])} ({s['accepted']}/{s['inputs']})" for s in synthesis))
     ending = [f"wall time {_duration(float(summary['wall_seconds']))}"] if "wall_seconds" in summary else []
     ending += [f"report {summary['report']}"] if summary.get("report") else []
-    ending += [f"log {_active.log_path}"] if _active else []
+    ending += [f"log {_active.upload_to or _active.log_path}"] if _active else []
     if ending:
         text = "; ".join(ending)
         lines.append(text[0].upper() + text[1:])

@@ -48,3 +48,22 @@ def test_report_and_summary_from_real_evaluation_folders(tmp_path):
         assert (tmp_path / "run" / "plots" / f"{name}.png").stat().st_size > 1000
     assert len(list((tmp_path / "run" / "gallery").glob("test-*.png"))) == 6
     assert "`face-0000`" in text and "(empty output)" in text  # its generation failed: shown empty, counted wrong
+
+
+def test_run_log_and_stage_figures_with_the_run_folder_on_s3(s3, tmp_path):
+    from engine.console import close_run_logging, setup_run_logging, stage
+    from engine.data import storage
+
+    run = f"s3://fea-test/report-{tmp_path.name}"
+    setup_run_logging(run)
+    try:
+        with stage("retrain-00"):
+            print("{'loss': 0.25, 'epoch': 1.0}")
+    finally:
+        close_run_logging()
+    assert "{'loss': 0.25, 'epoch': 1.0}" in storage.read_text(f"{run}/run.log")
+    test = write_test_set(tmp_path / "test", make_records(48, 0.5))
+    local = evaluate(tmp_path, test, "retrain-00", 0.6, 0)
+    storage.upload_dir(local.eval_dir, f"{run}/round-00/eval")
+    remote = StageEval("retrain-00", 0, f"{run}/round-00/eval", local.model)
+    assert stage_row(remote, resamples=200) == stage_row(local, resamples=200)
