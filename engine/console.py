@@ -98,9 +98,6 @@ class RunConsole:
     stages: int = 0
     depth: int = 0
 
-    def say(self, line: str) -> None:
-        tqdm.write(line, file=self.terminal)
-
 
 _active: RunConsole | None = None
 
@@ -229,49 +226,58 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{tqdm.format_interval(seconds)} ({seconds:.0f} s)"
 
 
+def _stage_line(index: str, name: str, seconds: float, notes: list[str]) -> str:
+    return f"{index}{name:<14} {_duration(seconds):>10}" + ("  " + "; ".join(notes) if notes else "")
+
+
+@contextlib.contextmanager
+def _nested_depth(console: RunConsole | None) -> Iterator[None]:
+    """Only the outermost stage captures output; stages inside it are timed and printed."""
+    if console is None:
+        yield
+        return
+    console.depth += 1
+    try:
+        with _captured(console) if console.depth == 1 else contextlib.nullcontext():
+            yield
+    finally:
+        console.depth -= 1
+
+
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[StageLine]:
     """One line on the terminal for the stage, with its duration; its output goes to the log file.
     Without setup_run_logging it only times the stage and prints the line to stderr."""
     console = _active
-    line, started = StageLine(), time.monotonic()
     terminal = console.terminal if console else sys.stderr
     index = ""
     if console and console.depth == 0:
         console.stages += 1
         index = f"{console.stages:>2}. "
-    status = tqdm(total=None, desc=f"{index}{name}", bar_format="{desc} ...", file=terminal, leave=False,
-                  disable=not _isatty(terminal))
+    line, started = StageLine(), time.monotonic()
+    hidden = console.terminal_filter.hidden if console else 0
     log = logging.getLogger(__name__)
     log.info("stage %s: started", name)
-    hidden = console.terminal_filter.hidden if console else 0
-    try:
-        with _captured(console) if console and console.depth == 0 else contextlib.nullcontext():
-            if console:
-                console.depth += 1
-            try:
+    with tqdm(total=None, desc=f"{index}{name}", bar_format="{desc} ...", file=terminal, leave=False,
+              disable=not _isatty(terminal)):  # a status line while the stage runs, on a terminal only
+        try:
+            with _nested_depth(console):
                 yield line
-            finally:
-                if console:
-                    console.depth -= 1
-    except BaseException as err:
-        seconds = time.monotonic() - started
-        log.error("stage %s failed after %.1f s", name, seconds, exc_info=True, extra={"terminal": False})
-        status.close()
-        where = f" (details in {console.log_path})" if console else ""
-        tqdm.write(f"{index}{name:<14} failed after {_duration(seconds)}: {type(err).__name__}: {err}{where}",
-                   file=terminal)
-        raise
+        except BaseException as err:
+            seconds = time.monotonic() - started
+            log.error("stage %s failed after %.1f s", name, seconds, exc_info=True, extra={"terminal": False})
+            where = f" (details in {console.log_path})" if console else ""
+            tqdm.write(f"{index}{name:<14} failed after {_duration(seconds)}: {type(err).__name__}: {err}{where}",
+                       file=terminal)
+            raise
     seconds = time.monotonic() - started
-    status.close()
     log.info("stage %s: done in %.1f s", name, seconds)
     hidden = console.terminal_filter.hidden - hidden if console else 0
     if hidden:
         line.note(f"{hidden} dependency warning{'s' * (hidden > 1)} in {LOG_NAME}")
-    tqdm.write(f"{index}{name:<14} {_duration(seconds):>10}" + ("  " + "; ".join(line.notes) if line.notes else ""),
-               file=terminal)
+    tqdm.write(_stage_line(index, name, seconds, line.notes), file=terminal)
     if console:
-        _route_library_loggers(console)  # loggers a stage's imports created
+        _route_library_loggers(console)  # loggers that the stage's imports created
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -84,6 +84,21 @@ def test_a_failing_stage_says_so_and_the_error_reaches_the_terminal(tmp_path):
     assert "stage sft_seed failed" in log and "RuntimeError: out of disk" in log
 
 
+def test_a_stage_inside_a_stage_gets_its_line_and_the_capture_lasts_to_the_outer_end(tmp_path):
+    done, log = run_script(tmp_path, """
+        with stage("round 0"):
+            with stage("eval"):
+                print("inner output")
+            print("outer output after the inner stage")
+        print("after every stage")
+    """)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split()[:2] for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [["eval", lines[0][1]], ["1.", "round"]]  # the inner stage's line first, unnumbered
+    assert "inner output" in log and "outer output after the inner stage" in log
+    assert "outer output" not in done.stderr + done.stdout and "after every stage" in done.stdout
+
+
 def test_the_summary_is_printed_past_the_capture(tmp_path):
     done, _ = run_script(tmp_path, """
         row = {"name": "retrain-01", "round": 1, "emotion_accuracy": 0.7, "emotion_accuracy_ci95": [0.65, 0.75],
