@@ -127,7 +127,7 @@ def bootstrap_intervals(statistic: RecordStatistic, *, resamples: int, seed: int
     resample agrees) the percentile interval of the same bootstrap distribution stands in."""
     from scipy import stats
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):  # degenerate: handled below
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap((np.arange(statistic.n),), statistic, vectorized=True, n_resamples=resamples,
                                  confidence_level=CONFIDENCE, method="BCa", rng=np.random.default_rng(seed),

@@ -259,3 +259,12 @@ def test_report_without_stages_keeps_the_round_tables(tmp_path):
     assert "## Rounds" in text and "## Seconds per stage" in text and "## Stages" not in text
     assert "| 0 | 10 | 8 | 0.800 |" in text  # synthesis per round: round, inputs, accepted, acceptance
     assert (tmp_path / "run" / "plots" / "quality.png").exists() and not (tmp_path / "run" / "gallery").exists()
+
+
+def test_a_stage_right_on_every_record_gets_a_point_interval(tmp_path):
+    records = [EvalRecord(f"f{i}", "SynthFaces", tuple(AUS[LABELS[i % 4]]), (LABELS[i % 4],), "",
+                          f"<think>{' '.join(AUS[LABELS[i % 4]])}</think><answer>{LABELS[i % 4]}</answer>")
+               for i in range(40)]
+    row = stage_row(StageEval("retrain-01", 1, str(write_eval_dir(tmp_path / "eval", records)), "m"), resamples=200)
+    for metric in METRICS:
+        assert row[metric] == 1.0 and row[f"{metric}_ci95"] == [1.0, 1.0], metric
