@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from engine.loop_report import StageEval, build_summary, stage_row, write_run_report
-from tests.unit.test_loop_report import loop_config, make_records, rounds_with_synthesis, write_test_set
+from tests.support.run_report import loop_config, make_records, rounds_with_synthesis, write_test_set
 from trainer.eval import eval_config, run_eval
 
 
