@@ -110,18 +110,19 @@ def _terminal_copy() -> TextIO:
         return sys.stderr  # no file descriptor (e.g. a notebook): the stream itself
 
 
-def _writes_to_terminal(handler: logging.Handler) -> bool:
-    return type(handler) is logging.StreamHandler and getattr(handler, "stream", None) in {
-        sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+def _prints_itself(handler: logging.Handler, console: RunConsole) -> bool:
+    """A plain stream handler on the terminal, or on the log file because it was made during a stage."""
+    return type(handler) is logging.StreamHandler and handler not in console.handlers and getattr(
+        handler, "stream", None) in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, console.log_stream}
 
 
 def _route_library_loggers(console: RunConsole) -> None:
-    """Library loggers that print to the terminal themselves (e.g. transformers, ray) send their
-    records to the root logger instead, i.e. to the log file and the filtered terminal handler."""
+    """Library loggers that print themselves (e.g. transformers, ray) send their records to the root
+    logger instead, i.e. to the log file and the filtered terminal handler."""
     loggers = [logging.getLogger(name) for name, obj in list(logging.root.manager.loggerDict.items())
                if isinstance(obj, logging.Logger)]
     for logger in loggers:
-        for handler in [h for h in logger.handlers if _writes_to_terminal(h)]:
+        for handler in [h for h in logger.handlers if _prints_itself(h, console)]:
             logger.removeHandler(handler)
             console.moved.append((logger, handler, logger.propagate))
             logger.propagate = True
@@ -151,7 +152,7 @@ def setup_run_logging(run_dir: str | Path, *, level: int = logging.INFO) -> RunC
     to_terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     console = RunConsole(path, log_stream, terminal, [to_file, to_terminal], terminal_filter, upload_to=upload_to)
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if _writes_to_terminal(h)]:
+    for handler in [h for h in root.handlers if _prints_itself(h, console)]:
         root.removeHandler(handler)
         console.moved.append((root, handler, root.propagate))
     root.setLevel(level)
@@ -175,6 +176,8 @@ def close_run_logging() -> None:
     for handler in console.handlers:
         root.removeHandler(handler)
     for logger, handler, propagate in reversed(console.moved):
+        if handler.stream is console.log_stream:  # made during a stage: it would have printed to stderr
+            handler.setStream(sys.stderr)
         logger.addHandler(handler)
         logger.propagate = propagate
     if console.terminal not in (sys.stderr, sys.__stderr__):

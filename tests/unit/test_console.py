@@ -99,6 +99,21 @@ def test_a_stage_inside_a_stage_gets_its_line_and_the_capture_lasts_to_the_outer
     assert "outer output" not in done.stderr + done.stdout and "after every stage" in done.stdout
 
 
+def test_a_library_logger_made_during_a_stage_is_routed_and_given_back_to_stderr(tmp_path):
+    done, log = run_script(tmp_path, """
+        with stage("sft_seed"):
+            late = logging.getLogger("latelib")  # its handler takes sys.stderr while the stage captures it
+            late.addHandler(logging.StreamHandler(sys.stderr))
+            late.propagate = False
+        late.warning("late chatter")
+        close_run_logging()
+        late.warning("printed after the run")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "late chatter" in log and "late chatter" not in done.stderr
+    assert "printed after the run" in done.stderr and "Logging error" not in done.stderr
+
+
 def test_the_summary_is_printed_past_the_capture(tmp_path):
     done, _ = run_script(tmp_path, """
         row = {"name": "retrain-01", "round": 1, "emotion_accuracy": 0.7, "emotion_accuracy_ci95": [0.65, 0.75],
