@@ -70,11 +70,14 @@ def _holder_gone(record: dict[str, Any]) -> bool:
 
 
 def describe_holder(record: dict[str, Any], out: str) -> str:
-    left = float(record.get("expires", 0)) - time.time()
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(record.get("renewed", 0))))
-    expiry = f"; it lapses in {left:.0f}s unless renewed" if storage.is_s3(out) else ""
+    if storage.is_s3(out):
+        left = float(record.get("expires", 0)) - time.time()
+        seen = f"lease renewed {when}; it lapses in {left:.0f}s unless renewed again"
+    else:
+        seen = f"since {when}"
     return (f"{storage.redact(out)} is being written by another driver (host {record.get('host')}, "
-            f"pid {record.get('pid')}, last seen {when}{expiry}); pass --wait to wait for it, or use another --out")
+            f"pid {record.get('pid')}, {seen}); pass --wait to wait for it, or use another --out")
 
 
 class OutputLease:
