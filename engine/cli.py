@@ -81,7 +81,7 @@ def _model_tiny(args: argparse.Namespace) -> int:
     from engine.demo.tinymodel import build_tiny_model
 
     preflight.check_output(args.out)
-    print(build_tiny_model(args.out, seed=args.seed))
+    print(build_tiny_model(args.out, seed=args.seed, perception_steps=args.perception_steps))
     return 0
 
 
@@ -178,13 +178,15 @@ def _loop(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine.loop import run_demo
 
-    preflight.check_positive(args.faces, "--faces")
-    preflight.check_positive(args.seed_size, "--seed-size")
+    from engine.loop import DemoSize
+
+    for flag in ("seed_size", "pool", "test"):
+        preflight.check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     preflight.check_config_file(args.config)
     preflight.check_output(args.out)
-    report = run_demo(args.out, faces=args.faces, seed_size=args.seed_size,
-                      **({"config_path": args.config} if args.config else {}))
-    print(f"demo finished; report: {report}")
+    size = DemoSize(seed=args.seed_size, pool=args.pool, test=args.test, perception_steps=args.perception_steps)
+    summary = run_demo(args.out, size, **({"config_path": args.config} if args.config else {}))
+    print(f"demo finished; report: {summary['report']}")
     return 0
 
 
@@ -234,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = msub.add_parser("tiny", help="A tiny random Qwen2.5-VL with a locally trained tokenizer.")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--perception-steps", dest="perception_steps", type=int, default=0,
+                   help="Pretrain perception on AU-level descriptions of faces from their own seed stream "
+                        "(no emotion words); 0: the random model.")
     t.set_defaults(handler=_model_tiny)
 
     _add_synth(sub)
@@ -267,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
     p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
-    p.add_argument("--faces", type=int, default=200, help="Synthetic faces to render (about 20%% held out).")
-    p.add_argument("--seed-size", dest="seed_size", type=int, default=64, help="Training faces kept as the seed set.")
+    p.add_argument("--seed-size", dest="seed_size", type=int, default=48, help="Faces with reference reasoning.")
+    p.add_argument("--pool", type=int, default=960, help="Labelled faces whose reasoning the loop synthesises.")
+    p.add_argument("--test", type=int, default=300, help="Held-out faces, rendered from their own seed.")
+    p.add_argument("--perception-steps", dest="perception_steps", type=int, default=240,
+                   help="Perception pretraining steps of the tiny model (0: none).")
     p.add_argument("--config", help="Loop YAML (default: configs/demo.yaml).")
     p.set_defaults(handler=_demo)
     return parser

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.data import storage
+from engine.console import stage
 from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
+from engine.data import storage
+from engine.loop_report import StageEval, build_summary, write_run_report
 
 log = logging.getLogger(__name__)
 
 STEP_FILE = "step.json"
+CONTROL = "control"
 
 
 class LoopStateError(RuntimeError):
@@ -38,6 +41,7 @@ class RoundState:
 
     index: int
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: list[StageEval] = field(default_factory=list)  # the models evaluated in this round, in order
 
     def model(self) -> str | None:
         for step in ("retrain", "grpo", "sft_seed"):
@@ -61,22 +65,28 @@ class Run:
     def round_uri(self, index: int, *parts: str) -> str:
         return storage.join(self.cfg.out, f"round-{index:02d}", *parts)
 
-    def record(self, index: int, step: str) -> dict[str, Any] | None:
-        uri = self.round_uri(index, step, STEP_FILE)
+    def folder_uri(self, index: int | None, *parts: str) -> str:
+        """round-NN/... for a round's steps, control/... for the control arm's (index None)."""
+        return self.round_uri(index, *parts) if index is not None else storage.join(self.cfg.out, CONTROL, *parts)
+
+    def record(self, index: int | None, step: str) -> dict[str, Any] | None:
+        uri = self.folder_uri(index, step, STEP_FILE)
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
-    def step(self, index: int, name: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def step(self, index: int | None, name: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run `body` unless its record exists; the record is written once, after the step's outputs."""
+        where = f"round {index}" if index is not None else CONTROL
         done = self.record(index, name)
         if done is not None:
-            log.info("round %d: %s already done", index, name)
+            log.info("%s: %s already done", where, name)
             return done
-        log.info("round %d: %s", index, name)
+        log.info("%s: %s", where, name)
         started = time.monotonic()
-        outputs = body()
+        with stage(f"{where}: {name}"):
+            outputs = body()
         outputs.update(step=name, round=index, seconds=round(time.monotonic() - started, 3))
-        if not storage.write_once(self.round_uri(index, name, STEP_FILE), json.dumps(outputs, sort_keys=True).encode()):
-            raise LoopStateError(f"round {index} step {name} was finished by another process at the same time")
+        if not storage.write_once(self.folder_uri(index, name, STEP_FILE), json.dumps(outputs, sort_keys=True).encode()):
+            raise LoopStateError(f"{where} step {name} was finished by another process at the same time")
         return outputs
 
 
@@ -90,20 +100,22 @@ def _publish_model(local_out: Path, uri: str) -> str:
     return storage.join(uri, "merged")
 
 
-def _local_dir(run: Run, index: int, step: str) -> tuple[str, Path]:
+def _local_dir(run: Run, index: int | None, step: str) -> tuple[str, Path]:
     """The step's folder in the run, and where it is written locally (the same unless the run is on S3)."""
-    uri = run.round_uri(index, step)
-    return uri, Path(uri) if not storage.is_s3(uri) else run.work / f"round-{index:02d}" / step
+    uri = run.folder_uri(index, step)
+    folder = f"round-{index:02d}" if index is not None else CONTROL
+    return uri, Path(uri) if not storage.is_s3(uri) else run.work / folder / step
 
 
-def _train(run: Run, index: int, step: str, section: SFTSection | GRPOSection, data: list[str],
-           model: str) -> dict[str, Any]:
+def _train(run: Run, index: int | None, step: str, section: SFTSection | GRPOSection, data: list[str],
+           model: str, max_steps: int | None = None) -> dict[str, Any]:
     from trainer.grpo import run_grpo
     from trainer.sft import run_sft
 
     uri, local = _local_dir(run, index, step)
     cfg = section.model_validate({**section.model_dump(), "data": [{"uri": u, "weight": 1.0} for u in data],
-                                  "model": {"path": model}, "out": str(local), "round": index})
+                                  "model": {"path": model}, "out": str(local), "round": index or 0,
+                                  **({"max_steps": max_steps} if max_steps else {})})
     local.mkdir(parents=True, exist_ok=True)
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))  # the step's resolved config
     train = run_grpo if isinstance(section, GRPOSection) else run_sft
@@ -146,17 +158,17 @@ def _round_model(section: ModelConfig, model: str) -> dict[str, Any]:
     return {**section.model_dump(), "path": model, "adapter": None}
 
 
-def _eval(run: Run, index: int, model: str) -> dict[str, Any]:
+def _eval(run: Run, index: int | None, model: str, step: str = "eval") -> dict[str, Any]:
     from trainer.eval import run_eval
 
-    uri, local = _local_dir(run, index, "eval")
+    uri, local = _local_dir(run, index, step)
     cfg = run.cfg.eval.model_validate({**run.cfg.eval.model_dump(), "data": run.cfg.test,
                                        "model": _round_model(run.cfg.eval.model, model), "out": str(local)})
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))
     metrics = run_eval(cfg)
     if storage.is_s3(uri):
         storage.upload_dir(local, uri)
-    return {"model": model, "metrics": metrics}
+    return {"model": model, "metrics": metrics, "eval_dir": str(local)}
 
 
 def held_out_score(metrics: dict[str, Any], name: str) -> float:
@@ -168,15 +180,28 @@ def held_out_score(metrics: dict[str, Any], name: str) -> float:
 
 
 # ---------------------------------------------------------------- the run
+def _evaluated(run: Run, index: int | None, step: str, name: str, model: str) -> StageEval:
+    """Evaluate `model` on the held-out set as the step `step` (once; a rerun reads the record)."""
+    record = run.step(index, step, lambda: _eval(run, index, model, step))
+    return StageEval(name=name, round=index if name.startswith(("grpo", "retrain")) else None,
+                     eval_dir=record["eval_dir"], model=model)
+
+
 def run_round(run: Run, index: int, model: str) -> RoundState:
     cfg = run.cfg
     state = RoundState(index)
     if index == 0:
+        if cfg.evaluate_stages:
+            state.stages.append(_evaluated(run, index, "eval_base", "base", cfg.base_model.path))
         state.steps["sft_seed"] = run.step(index, "sft_seed", lambda: _train(
             run, index, "sft_seed", cfg.sft, list(cfg.seed_data), cfg.base_model.path))
         model = state.steps["sft_seed"]["model"]
+        if cfg.evaluate_stages:
+            state.stages.append(_evaluated(run, index, "eval_sft_seed", "sft_seed", model))
     state.steps["grpo"] = run.step(index, "grpo", lambda: _train(run, index, "grpo", cfg.grpo, [cfg.pool], model))
     model = state.steps["grpo"]["model"]
+    if cfg.evaluate_stages:
+        state.stages.append(_evaluated(run, index, "eval_grpo", f"grpo-{index:02d}", model))
     state.steps["synth"] = run.step(index, "synth", lambda: _synth(run, index, model))
     # A round that accepted nothing has no shards to learn from (and an empty source is an error).
     accepted_sources = [record["out"] for record in (run.record(i, "synth") for i in range(index + 1))
@@ -185,20 +210,72 @@ def run_round(run: Run, index: int, model: str) -> RoundState:
     state.steps["retrain"] = run.step(index, "retrain", lambda: _train(
         run, index, "retrain", cfg.retrain or cfg.sft, list(cfg.seed_data) + accepted_sources, start))
     state.steps["eval"] = run.step(index, "eval", lambda: _eval(run, index, state.steps["retrain"]["model"]))
+    state.stages.append(StageEval(name=f"retrain-{index:02d}", round=index,
+                                  eval_dir=state.steps["eval"]["eval_dir"], model=state.steps["retrain"]["model"]))
     return state
 
 
+def final_model_steps(rounds: list[RoundState], retrain_from: str) -> int:
+    """Optimizer steps that went into the last round's model: the whole chain (seed SFT, every GRPO
+    and retraining) when retraining continues, the last retraining alone when it starts from the base."""
+    if retrain_from == "base":
+        return int(rounds[-1].steps["retrain"]["train"]["global_step"])
+    return sum(int(record["train"]["global_step"]) for state in rounds
+               for name, record in state.steps.items() if name in ("sft_seed", "grpo", "retrain"))
+
+
+def run_control(run: Run, rounds: list[RoundState]) -> StageEval:
+    """The ablation: the base model trained on the seed set alone (the seed SFT's settings), for as
+    many optimizer steps as the loop's final model had, evaluated the same way."""
+    cfg = run.cfg
+    steps = final_model_steps(rounds, cfg.retrain_from)
+    trained = run.step(None, "sft", lambda: _train(run, None, "sft", cfg.sft, list(cfg.seed_data),
+                                                   cfg.base_model.path, max_steps=steps))
+    return _evaluated(run, None, "eval", CONTROL, trained["model"])
+
+
+def _synthesis_rows(rounds: list[RoundState]) -> list[dict[str, Any]]:
+    return [{"round": s.index, **{k: s.steps["synth"]["summary"][k] for k in ("inputs", "accepted", "rejected",
+                                                                             "quarantined")}} for s in rounds]
+
+
+def _seconds_per_stage(run: Run, rounds: list[RoundState]) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    for state in rounds:
+        for name, record in state.steps.items():
+            seconds[name] = seconds.get(name, 0.0) + float(record["seconds"])
+    for index in (0,):
+        for name in ("eval_base", "eval_sft_seed"):
+            record = run.record(index, name)
+            if record:
+                seconds["eval"] = seconds.get("eval", 0.0) + float(record["seconds"])
+    for state in rounds:
+        record = run.record(state.index, "eval_grpo")
+        if record:
+            seconds["eval"] = seconds.get("eval", 0.0) + float(record["seconds"])
+    for name in ("sft", "eval"):
+        record = run.record(None, name)
+        if record:
+            seconds[f"control {name}"] = float(record["seconds"])
+    return seconds
+
+
 def _check_fresh_or_resume(run: Run) -> None:
-    existing = run.record(0, "sft_seed")
+    existing = run.record(0, "sft_seed") or run.record(0, "eval_base")
     if existing is not None and not run.resume:
         raise LoopStateError(f"{storage.redact(run.cfg.out)} already holds a run: pass --resume to continue it "
                              "or choose another out")
 
 
-def run_loop(cfg: LoopConfig, resume: bool = False) -> dict[str, Any]:
-    from engine.loop_report import write_run_report
+def _test_n(stages: list[StageEval]) -> int:
+    return sum(1 for line in Path(stages[-1].eval_dir, "predictions.jsonl").read_text().splitlines() if line.strip()) \
+        if stages and not storage.is_s3(stages[-1].eval_dir) else 0
+
+
+def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] | None = None) -> dict[str, Any]:
     from engine.raycluster import ensure_ray
 
+    started = time.monotonic()
     run = Run(cfg, resume)
     _check_fresh_or_resume(run)
     storage.write_text(storage.join(cfg.out, "loop-config.yaml"), dump_config(cfg))
@@ -212,7 +289,7 @@ def run_loop(cfg: LoopConfig, resume: bool = False) -> dict[str, Any]:
             rounds.append(state)
             model = state.model() or model
             score = held_out_score(state.steps["eval"]["metrics"], cfg.score)
-            write_run_report(cfg, rounds)
+            write_run_report(cfg, rounds, perception=perception)
             if score > best + cfg.min_improvement:
                 best, stale = score, 0
             else:
@@ -226,10 +303,18 @@ def run_loop(cfg: LoopConfig, resume: bool = False) -> dict[str, Any]:
             import ray
 
             ray.shutdown()
-    report = write_run_report(cfg, rounds, stop_reason=stop_reason)
-    summary = {"out": storage.redact(cfg.out), "rounds": len(rounds), "stop_reason": stop_reason,
-               "best_score": best, "score": cfg.score, "final_model": rounds[-1].model() if rounds else None,
-               "report": report}
+    stages = [stage for state in rounds for stage in state.stages]
+    if cfg.control:
+        stages.append(run_control(run, rounds))
+    synthesis = _synthesis_rows(rounds)
+    seconds = _seconds_per_stage(run, rounds)
+    report = write_run_report(cfg, rounds, stop_reason=stop_reason, stages=stages, synthesis_rows=synthesis,
+                              perception=perception, seconds_per_stage=seconds)
+    existing = {"out": storage.redact(cfg.out), "rounds": len(rounds), "stop_reason": stop_reason,
+                "best_score": best, "score": cfg.score, "final_model": rounds[-1].model() if rounds else None,
+                "report": report, "seconds_per_stage": seconds, "perception": perception}
+    summary = build_summary(stages, synthesis, test_n=_test_n(stages),
+                            wall_seconds=time.monotonic() - started, existing=existing)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
     return summary
 
@@ -240,43 +325,74 @@ def run_loop_from_file(config_path: str, resume: bool = False) -> dict[str, Any]
 
 # ---------------------------------------------------------------- the embedded default
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Seed streams of the demo's face sets: training (seed set + pool) and test never share a face, and the
+# perception pretraining draws from its own stream (engine.demo.perception.PERCEPTION_SEED_BASE).
+TRAIN_FACES_SEED, TEST_FACES_SEED = 0, 1
 
 
-def _split_demo_faces(faces_dir: Path, seed_size: int) -> dict[str, str]:
-    """samples.jsonl -> seed (reasoning kept), pool (labels only: its reasoning is what we synthesise), test."""
-    records = [json.loads(line) for line in (faces_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["meta_info"]["split"] == "train"]
-    splits = {"seed": train[:seed_size], "pool": [{**r, "description": ""} for r in train[seed_size:]],
-              "test": [r for r in records if r["meta_info"]["split"] == "test"]}
-    paths = {}
-    for name, rows in splits.items():
-        path = faces_dir / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-        paths[name] = str(path)
-    return paths
+@dataclass(frozen=True)
+class DemoSize:
+    seed: int = 48  # faces with reference reasoning
+    pool: int = 960  # labelled faces whose reasoning is synthesised
+    test: int = 300  # held-out faces
+    perception_steps: int = 240  # 0: no perception pretraining
 
 
-def run_demo(out: str = "demo-out", faces: int = 200, seed_size: int = 64, config_path: str | Path = DEMO_CONFIG,
-             overrides: dict[str, Any] | None = None) -> str:
-    """Tiny model + synthetic faces + local Ray + the loop on CPU; returns the report's path.
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return str(path)
 
-    Rerunning with the same `out` resumes the run where it stopped."""
+
+def _demo_faces(root: Path, size: DemoSize) -> dict[str, str]:
+    """seed (reasoning kept) and pool (labels only: its reasoning is what the loop synthesises) from the
+    training stream, test from its own stream."""
     from engine.demo.faces import write_face_set
-    from engine.demo.tinymodel import build_tiny_model
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train_dir, test_dir = root / "faces" / "train", root / "faces" / "test"
+    if not (train_dir / "samples.jsonl").exists():
+        write_face_set(train_dir, n=size.seed + size.pool, seed=TRAIN_FACES_SEED)
+    if not (test_dir / "samples.jsonl").exists():
+        write_face_set(test_dir, n=size.test, seed=TEST_FACES_SEED)
+    train = [json.loads(line) for line in (train_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+    test = [json.loads(line) for line in (test_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+    return {"seed": _write_jsonl(train_dir / "seed.jsonl", train[:size.seed]),
+            "pool": _write_jsonl(train_dir / "pool.jsonl", [{**r, "description": ""} for r in train[size.seed:]]),
+            "test": _write_jsonl(test_dir / "test.jsonl", test)}
+
+
+def _demo_model(root: Path, size: DemoSize) -> tuple[Path, dict[str, Any] | None]:
+    """The tiny model, perception-pretrained unless size.perception_steps is 0; built once per run folder."""
+    from engine.demo.tinymodel import MARKER_FILE, build_tiny_model
+
+    model = root / "model"
+    if not (model / MARKER_FILE).exists():
+        build_tiny_model(model, seed=0, perception_steps=size.perception_steps)
+    marker = json.loads((model / MARKER_FILE).read_text())
+    return model, marker.get("perception")
+
+
+def run_demo(out: str = "demo-out", size: DemoSize = DemoSize(), config_path: str | Path = DEMO_CONFIG,
+             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tiny model + synthetic faces + local Ray + the loop and its control arm on CPU; returns the
+    run summary. Rerunning with the same `out` resumes the run where it stopped."""
+    from engine.console import close_run_logging, print_summary, setup_run_logging
+
     if not Path(config_path).exists():
         raise FileNotFoundError(f"{config_path} is missing: run the demo from a checkout (pip install -e .)")
     root = Path(out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     resume = (root / "run" / "round-00").exists()
-    model = root / "model"
-    if not (model / "config.json").exists():
-        build_tiny_model(model, seed=0)
-    faces_dir = root / "faces"
-    if not (faces_dir / "samples.jsonl").exists():
-        write_face_set(faces_dir, n=faces, seed=0)
-    splits = _split_demo_faces(faces_dir, seed_size)
-    cfg = load_config(LoopConfig, config_path, section="loop", overrides={
-        "out": str(root / "run"), "base_model.path": str(model), "seed_data": [splits["seed"]],
-        "pool": splits["pool"], "test": splits["test"], **(overrides or {})})
-    return run_loop(cfg, resume=resume)["report"]
+    setup_run_logging(root)
+    try:
+        with stage("tiny model and perception pretraining"):
+            model, perception = _demo_model(root, size)
+        with stage(f"faces: {size.seed} seed, {size.pool} pool, {size.test} test"):
+            splits = _demo_faces(root, size)
+        cfg = load_config(LoopConfig, config_path, section="loop", overrides={
+            "out": str(root / "run"), "base_model.path": str(model), "seed_data": [splits["seed"]],
+            "pool": splits["pool"], "test": splits["test"], **(overrides or {})})
+        summary = run_loop(cfg, resume=resume, perception=perception)
+        print_summary(summary)
+        return summary
+    finally:
+        close_run_logging()

@@ -300,6 +300,10 @@ class LoopConfig(Section):
         "rege", description="Held-out score that decides early stopping (rege = accuracy + ROUGE-L, FABA-Bench style).")
     retrain_from: Literal["base", "continue"] = Field(
         "base", description="Retrain each round from the base model on all data so far, or continue from the last model.")
+    evaluate_stages: bool = Field(True, description="Also evaluate the base model, the seed SFT and each GRPO "
+                                  "model on the held-out set (each round's retrained model always is).")
+    control: bool = Field(True, description="Run the control arm: the base model trained on the seed set alone "
+                          "for as many optimizer steps as the final model had, evaluated the same way.")
     grpo: GRPOSection = GRPOSection()
     sft: SFTSection = SFTSection()
     retrain: SFTSection | None = Field(None, description="SFT settings for retraining (default: the `sft` section).")

@@ -190,9 +190,10 @@ def _processor(tokenizer: Any) -> Any:
                                video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> str:
-    """Write a tiny random Qwen2.5-VL (weights, tokenizer, processor, chat template) to out_dir and
-    return its path. Same seed -> byte-identical weights and tokenizer."""
+def build_tiny_model(out_dir: str | Path, seed: int = 0, perception_steps: int = 0) -> str:
+    """Write a tiny Qwen2.5-VL (weights, tokenizer, processor, chat template) to out_dir and return its
+    path: random weights, then `perception_steps` of perception pretraining (engine.demo.perception)
+    when asked. Same seed and steps -> the same weights and tokenizer."""
     import transformers
 
     out = Path(out_dir)
@@ -215,5 +216,9 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> str:
         "blocked_token_ids": blocked_token_ids(tokenizer, model.config),
         "transformers_version": transformers.__version__,
     }
-    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    if perception_steps > 0:
+        from engine.demo.perception import PerceptionSettings, pretrain_perception
+
+        marker["perception"] = pretrain_perception(out, PerceptionSettings(steps=perception_steps, seed=seed))
+    (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")  # written last: the build is done
     return str(out)
