@@ -171,7 +171,9 @@ class OutputLease:
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            # A renewal still in flight (a slow store) cannot outlive the delete below: its If-Match
+            # names an object that is gone, so the store refuses it.
+            self._thread.join(timeout=5)
         if self._fd is not None:
             os.close(self._fd)  # drops the flock
             self._fd = None
