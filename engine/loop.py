@@ -335,7 +335,7 @@ class DemoSize:
     seed: int = 48  # faces with reference reasoning
     pool: int = 960  # labelled faces whose reasoning is synthesised
     test: int = 300  # held-out faces
-    perception_steps: int = 240  # 0: no perception pretraining
+    perception_steps: int = 300  # 0: no perception pretraining
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:

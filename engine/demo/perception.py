@@ -35,7 +35,7 @@ PERCEPTION_SEED_BASE = 1000
 @dataclass(frozen=True)
 class PerceptionSettings:
     faces: int = 1536  # rendered once, then passed over in epochs
-    steps: int = 240
+    steps: int = 300
     batch_size: int = 32
     learning_rate: float = 3e-3
     aux_weight: float = 1.0  # weight of the AU loss on the vision tokens
