@@ -12,6 +12,7 @@ actors load each round's model with `reload` instead of being restarted.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import tempfile
@@ -143,7 +144,10 @@ def _synth(run: Run, index: int, model: str) -> dict[str, Any]:
     have = _accepted_ids(run, index)
     input_uri = run.round_uri(index, "synth", "input")
     if not storage.exists(storage.join(input_uri, "summary.json")):  # a rerun keeps the first cut of the pool
-        todo = (s for s in iter_samples(run.cfg.pool, image_root=run.cfg.image_root) if s.id not in have)
+        pool = iter_samples(run.cfg.pool, image_root=run.cfg.image_root)
+        if run.cfg.pool_per_round:  # round r reaches the first (r + 1) slices of the pool
+            pool = itertools.islice(pool, (index + 1) * run.cfg.pool_per_round)
+        todo = (s for s in pool if s.id not in have)
         write_samples(todo, input_uri)
     out = run.round_uri(index, "synth", "out")
     cfg = run.cfg.synth.model_validate({**run.cfg.synth.model_dump(), "input": input_uri, "image_root": None,
@@ -279,7 +283,8 @@ def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] |
     run = Run(cfg, resume)
     _check_fresh_or_resume(run)
     storage.write_text(storage.join(cfg.out, "loop-config.yaml"), dump_config(cfg))
-    started_ray = ensure_ray()
+    with stage("Ray"):
+        started_ray = ensure_ray()
     rounds: list[RoundState] = []
     best, stale, stop_reason = float("-inf"), 0, f"reached {cfg.rounds} rounds"
     try:
@@ -321,78 +326,3 @@ def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] |
 
 def run_loop_from_file(config_path: str, resume: bool = False) -> dict[str, Any]:
     return run_loop(load_config(LoopConfig, config_path, section="loop"), resume=resume)
-
-
-# ---------------------------------------------------------------- the embedded default
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-# Seed streams of the demo's face sets: training (seed set + pool) and test never share a face, and the
-# perception pretraining draws from its own stream (engine.demo.perception.PERCEPTION_SEED_BASE).
-TRAIN_FACES_SEED, TEST_FACES_SEED = 0, 1
-
-
-@dataclass(frozen=True)
-class DemoSize:
-    seed: int = 48  # faces with reference reasoning
-    pool: int = 960  # labelled faces whose reasoning is synthesised
-    test: int = 300  # held-out faces
-    perception_steps: int = 300  # 0: no perception pretraining
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    return str(path)
-
-
-def _demo_faces(root: Path, size: DemoSize) -> dict[str, str]:
-    """seed (reasoning kept) and pool (labels only: its reasoning is what the loop synthesises) from the
-    training stream, test from its own stream."""
-    from engine.demo.faces import write_face_set
-
-    train_dir, test_dir = root / "faces" / "train", root / "faces" / "test"
-    if not (train_dir / "samples.jsonl").exists():
-        write_face_set(train_dir, n=size.seed + size.pool, seed=TRAIN_FACES_SEED)
-    if not (test_dir / "samples.jsonl").exists():
-        write_face_set(test_dir, n=size.test, seed=TEST_FACES_SEED)
-    train = [json.loads(line) for line in (train_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
-    test = [json.loads(line) for line in (test_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
-    return {"seed": _write_jsonl(train_dir / "seed.jsonl", train[:size.seed]),
-            "pool": _write_jsonl(train_dir / "pool.jsonl", [{**r, "description": ""} for r in train[size.seed:]]),
-            "test": _write_jsonl(test_dir / "test.jsonl", test)}
-
-
-def _demo_model(root: Path, size: DemoSize) -> tuple[Path, dict[str, Any] | None]:
-    """The tiny model, perception-pretrained unless size.perception_steps is 0; built once per run folder."""
-    from engine.demo.tinymodel import MARKER_FILE, build_tiny_model
-
-    model = root / "model"
-    if not (model / MARKER_FILE).exists():
-        build_tiny_model(model, seed=0, perception_steps=size.perception_steps)
-    marker = json.loads((model / MARKER_FILE).read_text())
-    return model, marker.get("perception")
-
-
-def run_demo(out: str = "demo-out", size: DemoSize = DemoSize(), config_path: str | Path = DEMO_CONFIG,
-             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Tiny model + synthetic faces + local Ray + the loop and its control arm on CPU; returns the
-    run summary. Rerunning with the same `out` resumes the run where it stopped."""
-    from engine.console import close_run_logging, print_summary, setup_run_logging
-
-    if not Path(config_path).exists():
-        raise FileNotFoundError(f"{config_path} is missing: run the demo from a checkout (pip install -e .)")
-    root = Path(out).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    resume = (root / "run" / "round-00").exists()
-    setup_run_logging(root)
-    try:
-        with stage("tiny model and perception pretraining"):
-            model, perception = _demo_model(root, size)
-        with stage(f"faces: {size.seed} seed, {size.pool} pool, {size.test} test"):
-            splits = _demo_faces(root, size)
-        cfg = load_config(LoopConfig, config_path, section="loop", overrides={
-            "out": str(root / "run"), "base_model.path": str(model), "seed_data": [splits["seed"]],
-            "pool": splits["pool"], "test": splits["test"], **(overrides or {})})
-        summary = run_loop(cfg, resume=resume, perception=perception)
-        print_summary(summary)
-        return summary
-    finally:
-        close_run_logging()

@@ -293,6 +293,9 @@ class LoopConfig(Section):
     pool: str = Field("", description="Labelled pool to synthesise reasoning for (canonical dataset or FEA-20K JSONL).")
     test: str = Field("", description="Held-out test set for the evaluation step.")
     image_root: str | None = Field(None, description="Image folder for JSONL pool input.")
+    pool_per_round: int | None = Field(
+        None, ge=1, description="Each round reaches this many more pool samples (round r: the first (r + 1) x N, "
+        "less those accepted before), as labelled data keeps arriving; None = the whole pool every round.")
     rounds: int = Field(2, ge=1, description="Rounds at most.")
     patience: int = Field(1, ge=1, description="Stop after this many rounds without a better held-out score.")
     min_improvement: float = Field(0.0, ge=0.0, description="A round must beat the best score by more than this.")
