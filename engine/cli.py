@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
     p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
     p.add_argument("--seed-size", dest="seed_size", type=int, default=48, help="Faces with reference reasoning.")
-    p.add_argument("--pool", type=int, default=1440, help="Labelled faces whose reasoning the loop synthesises.")
+    p.add_argument("--pool", type=int, default=960, help="Labelled faces whose reasoning the loop synthesises.")
     p.add_argument("--test", type=int, default=300, help="Held-out faces, rendered from their own seed.")
     p.add_argument("--perception-steps", dest="perception_steps", type=int, default=300,
                    help="Perception pretraining steps of the tiny model (0: none).")
