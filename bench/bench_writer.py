@@ -60,7 +60,7 @@ def partitions(samples, size: int, job_id: str) -> list:
 
 
 def wds_records(result) -> list[dict[str, Any]]:
-    from engine.synth.job import partition
+    from engine.synth import partition
     from engine.data import shards
 
     return [shards.wds_record(row) for row in partition.accepted_rows(result)]
@@ -118,7 +118,7 @@ def writer_files(prefix: str, results) -> list[list[tuple[str, bytes]]]:
 
 
 def run_target(target: Target, results, rounds: int) -> tuple[list[dict], dict[str, list[float]]]:
-    from engine.synth.job import partition
+    from engine.synth import partition
     from engine.data import shards, storage
     from engine.synth.partition import existing_shards, write_partition
 

@@ -250,7 +250,7 @@ def test_lost_work_is_told_apart_from_bugs():
 def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch):
     """With the writer's listing of existing shards, an empty shard kind costs a delete only when a
     file of an earlier try is there; the listing follows what each write adds and removes."""
-    from engine.synth.job import partition as partition_module
+    from engine.synth import partition as partition_module
     from engine.data import storage
 
     out = tmp_path / "out"
