@@ -184,11 +184,11 @@ def held_out_score(metrics: dict[str, Any], name: str) -> float:
 
 
 # ---------------------------------------------------------------- the run
-def _evaluated(run: Run, index: int | None, step: str, name: str, model: str) -> StageEval:
-    """Evaluate `model` on the held-out set as the step `step` (once; a rerun reads the record)."""
-    record = run.step(index, step, lambda: _eval(run, index, model, step))
-    return StageEval(name=name, round=index if name.startswith(("grpo", "retrain")) else None,
-                     eval_dir=record["eval_dir"], model=model)
+def _evaluated(run: Run, state: RoundState, step: str, name: str, model: str) -> None:
+    """Evaluate `model` on the held-out set as the round's step `step` (once; a rerun reads the record)."""
+    record = state.steps[step] = run.step(state.index, step, lambda: _eval(run, state.index, model, step))
+    state.stages.append(StageEval(name=name, round=state.index if name.startswith(("grpo", "retrain")) else None,
+                                  eval_dir=record["eval_dir"], model=model))
 
 
 def run_round(run: Run, index: int, model: str) -> RoundState:
@@ -196,16 +196,16 @@ def run_round(run: Run, index: int, model: str) -> RoundState:
     state = RoundState(index)
     if index == 0:
         if cfg.evaluate_stages:
-            state.stages.append(_evaluated(run, index, "eval_base", "base", cfg.base_model.path))
+            _evaluated(run, state, "eval_base", "base", cfg.base_model.path)
         state.steps["sft_seed"] = run.step(index, "sft_seed", lambda: _train(
             run, index, "sft_seed", cfg.sft, list(cfg.seed_data), cfg.base_model.path))
         model = state.steps["sft_seed"]["model"]
         if cfg.evaluate_stages:
-            state.stages.append(_evaluated(run, index, "eval_sft_seed", "sft_seed", model))
+            _evaluated(run, state, "eval_sft_seed", "sft_seed", model)
     state.steps["grpo"] = run.step(index, "grpo", lambda: _train(run, index, "grpo", cfg.grpo, [cfg.pool], model))
     model = state.steps["grpo"]["model"]
     if cfg.evaluate_stages:
-        state.stages.append(_evaluated(run, index, "eval_grpo", f"grpo-{index:02d}", model))
+        _evaluated(run, state, "eval_grpo", f"grpo-{index:02d}", model)
     state.steps["synth"] = run.step(index, "synth", lambda: _synth(run, index, model))
     # A round that accepted nothing has no shards to learn from (and an empty source is an error).
     accepted_sources = [record["out"] for record in (run.record(i, "synth") for i in range(index + 1))
@@ -213,9 +213,7 @@ def run_round(run: Run, index: int, model: str) -> RoundState:
     start = cfg.base_model.path if cfg.retrain_from == "base" else model
     state.steps["retrain"] = run.step(index, "retrain", lambda: _train(
         run, index, "retrain", cfg.retrain or cfg.sft, list(cfg.seed_data) + accepted_sources, start))
-    state.steps["eval"] = run.step(index, "eval", lambda: _eval(run, index, state.steps["retrain"]["model"]))
-    state.stages.append(StageEval(name=f"retrain-{index:02d}", round=index,
-                                  eval_dir=state.steps["eval"]["eval_dir"], model=state.steps["retrain"]["model"]))
+    _evaluated(run, state, "eval", f"retrain-{index:02d}", state.steps["retrain"]["model"])
     return state
 
 
@@ -228,14 +226,17 @@ def final_model_steps(rounds: list[RoundState], retrain_from: str) -> int:
                for name, record in state.steps.items() if name in ("sft_seed", "grpo", "retrain"))
 
 
-def run_control(run: Run, rounds: list[RoundState]) -> StageEval:
+def run_control(run: Run, rounds: list[RoundState]) -> tuple[StageEval, dict[str, float]]:
     """The ablation: the base model trained on the seed set alone (the seed SFT's settings), for as
-    many optimizer steps as the loop's final model had, evaluated the same way."""
+    many optimizer steps as the loop's final model had, evaluated the same way. Returns its
+    evaluation and the seconds of its two steps."""
     cfg = run.cfg
     steps = final_model_steps(rounds, cfg.retrain_from)
     trained = run.step(None, "sft", lambda: _train(run, None, "sft", cfg.sft, list(cfg.seed_data),
                                                    cfg.base_model.path, max_steps=steps))
-    return _evaluated(run, None, "eval", CONTROL, trained["model"])
+    evaluated = run.step(None, "eval", lambda: _eval(run, None, trained["model"]))
+    control = StageEval(name=CONTROL, round=None, eval_dir=evaluated["eval_dir"], model=trained["model"])
+    return control, {"control sft": trained["seconds"], "control eval": evaluated["seconds"]}
 
 
 def _synthesis_rows(rounds: list[RoundState]) -> list[dict[str, Any]]:
@@ -243,24 +244,13 @@ def _synthesis_rows(rounds: list[RoundState]) -> list[dict[str, Any]]:
                                                                              "quarantined")}} for s in rounds]
 
 
-def _seconds_per_stage(run: Run, rounds: list[RoundState]) -> dict[str, float]:
+def _seconds_per_stage(rounds: list[RoundState]) -> dict[str, float]:
+    """Seconds per kind of step over all rounds; every held-out evaluation counts as "eval"."""
     seconds: dict[str, float] = {}
     for state in rounds:
         for name, record in state.steps.items():
-            seconds[name] = seconds.get(name, 0.0) + float(record["seconds"])
-    for index in (0,):
-        for name in ("eval_base", "eval_sft_seed"):
-            record = run.record(index, name)
-            if record:
-                seconds["eval"] = seconds.get("eval", 0.0) + float(record["seconds"])
-    for state in rounds:
-        record = run.record(state.index, "eval_grpo")
-        if record:
-            seconds["eval"] = seconds.get("eval", 0.0) + float(record["seconds"])
-    for name in ("sft", "eval"):
-        record = run.record(None, name)
-        if record:
-            seconds[f"control {name}"] = float(record["seconds"])
+            kind = "eval" if name.startswith("eval") else name
+            seconds[kind] = seconds.get(kind, 0.0) + float(record["seconds"])
     return seconds
 
 
@@ -269,11 +259,6 @@ def _check_fresh_or_resume(run: Run) -> None:
     if existing is not None and not run.resume:
         raise LoopStateError(f"{storage.redact(run.cfg.out)} already holds a run: pass --resume to continue it "
                              "or choose another out")
-
-
-def _test_n(stages: list[StageEval]) -> int:
-    return sum(1 for line in Path(stages[-1].eval_dir, "predictions.jsonl").read_text().splitlines() if line.strip()) \
-        if stages and not storage.is_s3(stages[-1].eval_dir) else 0
 
 
 def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -308,17 +293,20 @@ def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] |
             import ray
 
             ray.shutdown()
-    stages = [stage for state in rounds for stage in state.stages]
+    stages = [evaluated for state in rounds for evaluated in state.stages]
+    seconds = _seconds_per_stage(rounds)
     if cfg.control:
-        stages.append(run_control(run, rounds))
+        control, control_seconds = run_control(run, rounds)
+        stages.append(control)
+        seconds.update(control_seconds)
     synthesis = _synthesis_rows(rounds)
-    seconds = _seconds_per_stage(run, rounds)
     report = write_run_report(cfg, rounds, stop_reason=stop_reason, stages=stages, synthesis_rows=synthesis,
                               perception=perception, seconds_per_stage=seconds)
     existing = {"out": storage.redact(cfg.out), "rounds": len(rounds), "stop_reason": stop_reason,
                 "best_score": best, "score": cfg.score, "final_model": rounds[-1].model() if rounds else None,
                 "report": report, "seconds_per_stage": seconds, "perception": perception}
-    summary = build_summary(stages, synthesis, test_n=_test_n(stages),
+    test_n = rounds[-1].steps["eval"]["metrics"]["n"] if rounds else 0
+    summary = build_summary(stages, synthesis, test_n=test_n,
                             wall_seconds=time.monotonic() - started, existing=existing)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
     return summary

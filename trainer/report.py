@@ -83,6 +83,18 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], rows: Sequence[str], 
     return _save(fig, path)
 
 
+def _label_bar_axes(ax, names: Sequence[str], title: str, ylabel: str, ylim: tuple[float, float] | None, *,
+                    crowded_after: int, rotation: int) -> None:
+    """Bar names under the bars (slanted when there are more than `crowded_after`), labels, y range."""
+    crowded = len(names) > crowded_after
+    ax.set_xticks(range(len(names)), labels=names, rotation=rotation if crowded else 0,
+                  ha="right" if crowded else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+
+
 def plot_bars(values: Mapping[str, float | None], path: str | Path, title: str, ylabel: str,
               ylim: tuple[float, float] | None = (0.0, 1.0)) -> Path:
     """One bar per key (None drawn as an empty slot), value printed above each bar."""
@@ -91,12 +103,7 @@ def plot_bars(values: Mapping[str, float | None], path: str | Path, title: str, 
     heights = [0.0 if values[k] is None else float(values[k]) for k in names]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(names) + 1.5), 3.5))
     bars = ax.bar(range(len(names)), heights, color="tab:blue")
-    crowded = len(names) > 6
-    ax.set_xticks(range(len(names)), labels=names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim:
-        ax.set_ylim(*ylim)
+    _label_bar_axes(ax, names, title, ylabel, ylim, crowded_after=6, rotation=45)
     for bar, key in zip(bars, names):
         ax.annotate(fmt(values[key], 2), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
@@ -136,12 +143,7 @@ def plot_interval_bars(values: Mapping[str, float | None], intervals: Mapping[st
     bars = ax.bar(range(len(names)), [0.0 if math.isnan(h) else h for h in heights],
                   yerr=[below, above], capsize=4, ecolor="black",
                   color=[(colors or {}).get(k, "tab:blue") for k in names])
-    crowded = len(names) > 5
-    ax.set_xticks(range(len(names)), labels=names, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim:
-        ax.set_ylim(*ylim)
+    _label_bar_axes(ax, names, title, ylabel, ylim, crowded_after=5, rotation=30)
     ax.grid(axis="y", alpha=0.3)
     if legend:
         from matplotlib.patches import Patch

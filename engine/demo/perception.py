@@ -23,6 +23,8 @@ import numpy as np
 
 from engine.core.facs import EMOTIONS
 from engine.demo import faces
+from engine.demo.descriptions import feature_phrases
+from engine.demo.render import RENDERED_AUS, FaceStyle, render_face
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,9 @@ class PerceptionSettings:
     seed: int = 0
 
 
-def describe_aus(aus: dict[str, float], style: faces.FaceStyle, rng: np.random.Generator) -> str:
+def describe_aus(aus: dict[str, float], style: FaceStyle, rng: np.random.Generator) -> str:
     """An AU-level description: the features with their ids, and nothing about the emotion."""
-    phrases = [text for _, text in faces.feature_phrases(aus, style, rng)]
+    phrases = [text for _, text in feature_phrases(aus, style, rng)]
     if not phrases:
         return AT_REST
     text = "; ".join(phrases) + "."
@@ -60,7 +62,7 @@ def perception_faces(n: int, seed: int) -> list[tuple[Any, str, list[str]]]:
         emotion = EMOTIONS[int(rng.integers(len(EMOTIONS)))]  # drives the expression; never shown
         expression = faces.sample_expression(emotion, rng)
         style = faces.sample_style(emotion, rng)
-        out.append((faces.render_face(expression, style), describe_aus(expression, style, rng), list(expression)))
+        out.append((render_face(expression, style), describe_aus(expression, style, rng), list(expression)))
     return out
 
 
@@ -104,7 +106,7 @@ def pretrain_perception(model_dir: str | Path, settings: PerceptionSettings = Pe
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     batches = _Batches(processor, items)
-    aus = list(faces.RENDERED_AUS)
+    aus = list(RENDERED_AUS)
     tokens_per_image = int(batches(np.arange(1))["image_grid_thw"][0].prod()) // model.config.vision_config.spatial_merge_size ** 2
     head = torch.nn.Linear(tokens_per_image * model.config.vision_config.out_hidden_size, len(aus))
     optimizer = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=settings.learning_rate, weight_decay=0.0)

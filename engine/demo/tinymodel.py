@@ -89,6 +89,7 @@ def tokenizer_corpus() -> Iterator[str]:
 
     from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, PROTOTYPES
     from engine.demo import faces
+    from engine.demo.descriptions import describe
 
     definitions = "; ".join(f"{au} {name}" for au, name in AU_DESCRIPTIONS.items())
     for _ in range(8):
@@ -102,7 +103,7 @@ def tokenizer_corpus() -> Iterator[str]:
         emotion = EMOTIONS[index % len(EMOTIONS)]
         aus = faces.sample_expression(emotion, rng)
         style = faces.sample_style(emotion, rng)
-        yield faces.describe(emotion, aus, style, rng)
+        yield describe(emotion, aus, style, rng)
         yield " ".join(f"{au}: {AU_DESCRIPTIONS[au]}" for au in PROTOTYPES[emotion])
 
 

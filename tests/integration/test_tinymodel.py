@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.backends.tokens import blocked_token_ids
-from engine.demo.faces import render_face
+from engine.demo.render import render_face
 from engine.demo.tinymodel import MARKER_FILE, VISION_TOKENS, build_tiny_model
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the emotion of this face?"}]}]

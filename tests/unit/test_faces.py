@@ -15,21 +15,18 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from engine.core.config import VerifierConfig
+from engine.demo.descriptions import describe
 from engine.demo.faces import (
     DATASET,
     EXTRA_AUS,
     KEY_AUS,
     NEUTRAL_EXTRAS,
-    RENDERED_AUS,
-    FaceStyle,
-    describe,
-    region_box,
-    render_face,
     sample_expression,
     sample_style,
     split_for,
     write_face_set,
 )
+from engine.demo.render import RENDERED_AUS, FaceStyle, region_box, render_face
 from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, NO_AU, PROTOTYPES
 from engine.core.verifier import parse_completion, verify
 
