@@ -153,17 +153,20 @@ def _fea20k_fields(row: Mapping[str, Any], image: str | None, meta_info: Any) ->
 
 
 # Fields of a WebDataset `.json` member stored as JSON text (see the module docstring).
-JSON_TEXT_FIELDS = ("AUs", "labels", "meta_info")
+JSON_TEXT_FIELDS = ("AUs", "labels", "meta_info", "notes", "label_set")
 
 
 def fea20k_json(row: Mapping[str, Any]) -> bytes:
-    """The `.json` member of a WebDataset record: `fea20k_record(row)` with JSON_TEXT_FIELDS as JSON
-    text (the row's meta text, already encoded by `meta_to_json`, is used as it is)."""
+    """The `.json` member of a WebDataset record: `fea20k_record(row)` plus the row's notes and
+    label_set (so a tar reads back into the same Sample as the Parquet row), with JSON_TEXT_FIELDS
+    as JSON text (the row's meta text, already encoded by `meta_to_json`, is used as it is)."""
     meta = row.get("meta") or "{}"
     if not isinstance(json.loads(meta), dict):  # the text goes into the shard as is: it must be an object
         raise ValueError(f"sample {row.get('id')!r}: meta is not a JSON object")
     record = _fea20k_fields(row, None, meta)
-    record["AUs"], record["labels"] = _JSON.encode(record["AUs"]), _JSON.encode(record["labels"])
+    record["notes"], record["label_set"] = list(row.get("notes") or ()), list(row.get("label_set") or ())
+    for name in ("AUs", "labels", "notes", "label_set"):
+        record[name] = _JSON.encode(record[name])
     return _JSON.encode(record).encode("utf-8")
 
 

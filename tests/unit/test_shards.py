@@ -166,10 +166,12 @@ def test_build_tar_writes_exactly_what_tarfile_writes(entries):
 
 def test_shard_json_is_the_record_encoded_once():
     """The stored json carries the row's meta text as it is; decoded, it is the record."""
-    sample = dataclasses.replace(make_sample(1, "x/ü"), meta={"z": [1.5, None], "a": {"meta_info": "\"q\""}, "s": "é"})
+    sample = dataclasses.replace(make_sample(1, "x/ü"), meta={"z": [1.5, None], "a": {"meta_info": "\"q\""}, "s": "é"},
+                                 notes=("aus_sorted",), label_set=("happiness", "sadness"))
     row = shards.accepted_row(sample, 'say "meta_info": "\\u0000" here', PROVENANCE, REWARDS)
     text = shards.fea20k_json(row)
-    assert shards.decode_shard_json(text) == shards.fea20k_record(row)
+    assert shards.decode_shard_json(text) == shards.fea20k_record(row) | {"notes": list(sample.notes),
+                                                                         "label_set": list(sample.label_set)}
     stored = json.loads(text)  # free-form and possibly empty fields are JSON text, one type in every row
     assert all(isinstance(stored[name], str) for name in shards.JSON_TEXT_FIELDS)
     with pytest.raises(ValueError, match="not a JSON object"):
