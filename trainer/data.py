@@ -40,9 +40,17 @@ class SourceStats:
     uri: str
     rows: set[str] = field(default_factory=set)
     skipped_no_description: set[str] = field(default_factory=set)
+    # Synthesis outputs: the ids of the partitions read (a followed source: those trained on), in order.
+    partitions: list[str] | None = None
+
+    def partition_read(self, partition: str) -> None:
+        self.partitions = self.partitions if self.partitions is not None else []
+        if partition not in self.partitions:
+            self.partitions.append(partition)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "rows": len(self.rows), "skipped_no_description": len(self.skipped_no_description)}
+        return {"uri": self.uri, "rows": len(self.rows), "skipped_no_description": len(self.skipped_no_description),
+                "partitions": self.partitions}
 
 
 @dataclass
@@ -128,33 +136,70 @@ def _features(stage: Stage):
 
 
 # ---------------------------------------------------------------- streams
-def _rows(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat = PromptFormat()) -> Iterator[dict[str, Any]]:
-    from engine.data.dataset import iter_samples
+def check_sources(sources: Sequence[DataSource]) -> None:
+    """Settings that only a synthesis output can honour (ValueError otherwise), and one followed source at most."""
+    from trainer.partitions import is_synthesis_output
 
+    for source in sources:
+        asks = [name for name, on in (("format: wds", source.format == "wds"),
+                                      ("partitions", source.partitions is not None), ("follow", source.follow)) if on]
+        if asks and not is_synthesis_output(source.uri):
+            raise ValueError(f"{redact(source.uri)}: {', '.join(asks)} needs a synthesis output (commits/*.json)")
+    if any(source.follow for source in sources) and len(sources) > 1:
+        raise ValueError("--follow trains on one source: give a single --data synthesis output")
+
+
+def source_samples(source: DataSource, stats: SourceStats) -> Iterator[Sample]:
+    """A source's usable samples; a synthesis output is read partition by partition (noted in `stats`)."""
+    from engine.data.dataset import iter_samples
+    from trainer.partitions import committed_partitions, is_synthesis_output, partition_id, partition_samples
+
+    if not is_synthesis_output(source.uri):
+        yield from iter_samples(source.uri)
+        return
+    seen_ids: set[str] = set()
+    for commit in committed_partitions(source.uri, source.partitions):
+        yield from partition_samples(source.uri, commit, source.format, seen_ids)
+        stats.partition_read(partition_id(commit.partition))
+
+
+def usable(sample: Sample, stage: Stage, stats: SourceStats) -> bool:
+    """False for an SFT sample without a description (counted in `stats`)."""
+    if stage == "sft" and not sample.description.strip():
+        if not stats.skipped_no_description:
+            log.warning("%s: SFT skips samples without a description (first: %s); the run summary counts them",
+                        redact(stats.uri), sample.id)
+        stats.skipped_no_description.add(sample.id)
+        return False
+    stats.rows.add(sample.id)
+    return True
+
+
+def training_row(sample: Sample, stage: Stage, fmt: PromptFormat) -> dict[str, Any]:
+    return sft_row(sample, fmt) if stage == "sft" else grpo_row(sample, fmt)
+
+
+def _rows(source: DataSource, stage: Stage, stats: SourceStats,
+          fmt: PromptFormat = PromptFormat()) -> Iterator[dict[str, Any]]:
     yielded = 0
-    for sample in iter_samples(uri):
-        if stage == "sft" and not sample.description.strip():
-            if not stats.skipped_no_description:
-                log.warning("%s: SFT skips samples without a description (first: %s); the run summary counts them",
-                            redact(uri), sample.id)
-            stats.skipped_no_description.add(sample.id)
-            continue
-        stats.rows.add(sample.id)
-        yielded += 1
-        yield sft_row(sample, fmt) if stage == "sft" else grpo_row(sample, fmt)
+    for sample in source_samples(source, stats):
+        if usable(sample, stage, stats):
+            yielded += 1
+            yield training_row(sample, stage, fmt)
     if not yielded:  # an empty source would otherwise surface as an opaque error deep inside the trainer
-        raise ValueError(f"{redact(uri)}: no usable {stage.upper()} rows ({len(stats.skipped_no_description)} "
+        raise ValueError(f"{redact(source.uri)}: no usable {stage.upper()} rows ({len(stats.skipped_no_description)} "
                          "without a description; unusable records are logged by engine.data.dataset)")
 
 
-def _source_stream(uri: str, stage: Stage, stats: SourceStats, fmt: PromptFormat):
+def stream(generate, stage: Stage):
     from datasets import IterableDataset
 
     # A closure, not gen_kwargs: datasets would treat a list-valued kwarg as shards to split.
-    def generate() -> Iterator[dict[str, Any]]:
-        yield from _rows(uri, stage, stats, fmt)
-
     return IterableDataset.from_generator(generate, features=_features(stage))
+
+
+def _source_stream(source: DataSource, stage: Stage, stats: SourceStats, fmt: PromptFormat):
+    return stream(lambda: _rows(source, stage, stats, fmt), stage)
 
 
 def mixing_probabilities(sources: Sequence[DataSource]) -> list[float]:
@@ -170,8 +215,9 @@ def build_dataset(sources: Sequence[DataSource], stage: Stage, *, seed: int = 0,
 
     if not sources:
         raise ValueError("no training data: give at least one source (--data URI)")
+    check_sources(sources)
     stats = DataStats([SourceStats(source.uri) for source in sources])
-    streams = [_source_stream(source.uri, stage, s, fmt) for source, s in zip(sources, stats.sources)]
+    streams = [_source_stream(source, stage, s, fmt) for source, s in zip(sources, stats.sources)]
     dataset = streams[0] if len(streams) == 1 else interleave_datasets(
         streams, probabilities=mixing_probabilities(sources), seed=seed, stopping_strategy=stopping)
     if shuffle_buffer > 1:
@@ -183,7 +229,7 @@ def count_rows(sources: Sequence[DataSource], stage: Stage) -> int:
     """Rows one pass over every source yields (one read of the data; only needed to size a run in epochs)."""
     stats = DataStats([SourceStats(source.uri) for source in sources])
     for source, s in zip(sources, stats.sources):
-        for _ in _rows(source.uri, stage, s):
+        for _ in _rows(source, stage, s):
             pass
     return stats.as_dict()["rows"]
 

@@ -5,11 +5,12 @@ YAML file fails loudly instead of silently using a default.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 def _template_name(name: str) -> str:
@@ -168,9 +169,40 @@ def dump_config(config: BaseModel) -> str:
 
 
 # ---------------------------------------------------------------- training and evaluation
+PARTITION_ID = re.compile(r"^part-\d{5,}$")
+
+
 class DataSource(Section):
     uri: str = Field(..., description="Synthesis output, canonical dataset or FEA-20K JSONL (local or s3://).")
     weight: float = Field(1.0, gt=0.0, description="Relative sampling weight when several sources are mixed.")
+    format: Literal["parquet", "wds"] = Field(
+        "parquet", description="Synthesis output only: read its accepted Parquet shards or its WebDataset tars "
+                               "(either is sha256-checked against the commit records).")
+    partitions: tuple[str, ...] | None = Field(
+        None, description="Synthesis output only: read exactly these committed partitions, in this order (ids as "
+                          "the commit records are named, e.g. part-00003); unset = every committed partition.")
+    follow: bool = Field(False, description="Synthesis output only: keep reading partitions committed after "
+                                            "training started, until the job's summary.json is written.")
+    follow_timeout: float | None = Field(
+        None, gt=0.0, description="With follow: stop waiting for new partitions after this many seconds.")
+
+    @field_validator("partitions")
+    @classmethod
+    def _partition_ids(cls, ids: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if ids is None:
+            return None
+        bad = [i for i in ids if not PARTITION_ID.match(i)]
+        if bad:
+            raise ValueError(f"partition ids look like part-00003, got {bad[:3]}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("a partition is listed twice")
+        return ids
+
+    @model_validator(mode="after")
+    def _follow_all(self) -> "DataSource":
+        if self.follow and self.partitions is not None:
+            raise ValueError("follow reads every partition of the job; it cannot be combined with partitions")
+        return self
 
 
 class LoraSection(Section):
