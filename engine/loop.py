@@ -7,8 +7,10 @@
 
 Every step leaves OUT/round-NN/<step>/step.json, written once when the step is done; `--resume`
 skips finished steps and reruns the first unfinished one, which resumes on its own (synthesis from
-its commits, training from its last checkpoint). One Ray cluster serves every round: the generator
-actors load each round's model with `reload` instead of being restarted.
+its commits, training from its last checkpoint). One Ray cluster serves every round. Training and
+evaluation run in this process or as Ray work with their own GPUs (`placement`, engine/placement.py);
+the generator actors are released before them whenever they hold what those steps need, and
+otherwise load each round's model with `reload` instead of being restarted.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from engine import placement
 from engine.console import stage
 from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
 from engine.data import storage
@@ -92,15 +95,6 @@ class Run:
 
 
 # ---------------------------------------------------------------- the steps
-def _publish_model(local_out: Path, uri: str) -> str:
-    """The merged model's location in the run folder (uploaded when the run folder is on S3)."""
-    merged = local_out / "merged"
-    if not storage.is_s3(uri):
-        return str(merged)
-    storage.upload_dir(merged, storage.join(uri, "merged"))
-    return storage.join(uri, "merged")
-
-
 def _local_dir(run: Run, index: int | None, step: str) -> tuple[str, Path]:
     """The step's folder in the run, and where it is written locally (the same unless the run is on S3)."""
     uri = run.folder_uri(index, step)
@@ -110,18 +104,14 @@ def _local_dir(run: Run, index: int | None, step: str) -> tuple[str, Path]:
 
 def _train(run: Run, index: int | None, step: str, section: SFTSection | GRPOSection, data: list[str],
            model: str, max_steps: int | None = None) -> dict[str, Any]:
-    from trainer.grpo import run_grpo
-    from trainer.sft import run_sft
-
     uri, local = _local_dir(run, index, step)
     cfg = section.model_validate({**section.model_dump(), "data": [{"uri": u, "weight": 1.0} for u in data],
                                   "model": {"path": model}, "out": str(local), "round": index or 0,
                                   **({"max_steps": max_steps} if max_steps else {})})
     local.mkdir(parents=True, exist_ok=True)
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))  # the step's resolved config
-    train = run_grpo if isinstance(section, GRPOSection) else run_sft
-    summary = train(cfg, resume=True)  # resume: a step killed mid-training continues from its checkpoint
-    return {"model": _publish_model(local, uri), "train": summary}
+    placement.make_room(run.cfg, run.fleet)
+    return placement.train(run.cfg, cfg, local, uri)
 
 
 def _accepted_ids(run: Run, before: int) -> set[str]:
@@ -163,16 +153,12 @@ def _round_model(section: ModelConfig, model: str) -> dict[str, Any]:
 
 
 def _eval(run: Run, index: int | None, model: str, step: str = "eval") -> dict[str, Any]:
-    from trainer.eval import run_eval
-
     uri, local = _local_dir(run, index, step)
     cfg = run.cfg.eval.model_validate({**run.cfg.eval.model_dump(), "data": run.cfg.test,
                                        "model": _round_model(run.cfg.eval.model, model), "out": str(local)})
     storage.write_text(storage.join(uri, "config.yaml"), dump_config(cfg))
-    metrics = run_eval(cfg)
-    if storage.is_s3(uri):
-        storage.upload_dir(local, uri)
-    return {"model": model, "metrics": metrics, "eval_dir": str(local)}
+    placement.make_room(run.cfg, run.fleet)
+    return {"model": model, **placement.evaluate(run.cfg, cfg, local, uri)}
 
 
 def held_out_score(metrics: dict[str, Any], name: str) -> float:
@@ -261,6 +247,28 @@ def _check_fresh_or_resume(run: Run) -> None:
                              "or choose another out")
 
 
+def _run_rounds(run: Run, perception: dict[str, Any] | None) -> tuple[list[RoundState], float, str]:
+    """Rounds until `rounds` or early stopping; returns them, the best held-out score and why it stopped."""
+    cfg = run.cfg
+    rounds: list[RoundState] = []
+    best, stale, stop_reason = float("-inf"), 0, f"reached {cfg.rounds} rounds"
+    model = cfg.base_model.path
+    for index in range(cfg.rounds):
+        state = run_round(run, index, model)
+        rounds.append(state)
+        model = state.model() or model
+        score = held_out_score(state.steps["eval"]["metrics"], cfg.score)
+        write_run_report(cfg, rounds, perception=perception)
+        if score > best + cfg.min_improvement:
+            best, stale = score, 0
+        else:
+            stale += 1
+        if stale >= cfg.patience and index + 1 < cfg.rounds:
+            stop_reason = f"held-out {cfg.score} did not improve for {stale} round(s)"
+            break
+    return rounds, best, stop_reason
+
+
 def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] | None = None) -> dict[str, Any]:
     from engine.raycluster import ensure_ray
 
@@ -270,35 +278,21 @@ def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] |
     storage.write_text(storage.join(cfg.out, "loop-config.yaml"), dump_config(cfg))
     with stage("Ray"):
         started_ray = ensure_ray()
-    rounds: list[RoundState] = []
-    best, stale, stop_reason = float("-inf"), 0, f"reached {cfg.rounds} rounds"
     try:
-        model = cfg.base_model.path
-        for index in range(cfg.rounds):
-            state = run_round(run, index, model)
-            rounds.append(state)
-            model = state.model() or model
-            score = held_out_score(state.steps["eval"]["metrics"], cfg.score)
-            write_run_report(cfg, rounds, perception=perception)
-            if score > best + cfg.min_improvement:
-                best, stale = score, 0
-            else:
-                stale += 1
-            if stale >= cfg.patience and index + 1 < cfg.rounds:
-                stop_reason = f"held-out {cfg.score} did not improve for {stale} round(s)"
-                break
+        rounds, best, stop_reason = _run_rounds(run, perception)
+        stages = [evaluated for state in rounds for evaluated in state.stages]
+        seconds = _seconds_per_stage(rounds)
+        if cfg.control:  # inside Ray's lifetime: its steps may be Ray work too
+            run.fleet.release()  # synthesis is over
+            control, control_seconds = run_control(run, rounds)
+            stages.append(control)
+            seconds.update(control_seconds)
     finally:
         run.fleet.release()
         if started_ray:
             import ray
 
             ray.shutdown()
-    stages = [evaluated for state in rounds for evaluated in state.stages]
-    seconds = _seconds_per_stage(rounds)
-    if cfg.control:
-        control, control_seconds = run_control(run, rounds)
-        stages.append(control)
-        seconds.update(control_seconds)
     synthesis = _synthesis_rows(rounds)
     report = write_run_report(cfg, rounds, stop_reason=stop_reason, stages=stages, synthesis_rows=synthesis,
                               perception=perception, seconds_per_stage=seconds)

@@ -10,13 +10,18 @@ config), exactly as if launched by hand on each node:
 
 Every node must see the same --out path for checkpoints to be shared (a shared filesystem), or
 rank 0's node holds them. With --nodes 1 --gpus-per-node 0 it runs on CPU (used by the tests).
+The loop's `placement: ray` trains through `launch` (engine/placement.py), which reports where each
+node's part ran.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
-from typing import Sequence
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 
 def accelerate_command(fea_args: Sequence[str], *, accelerate_config: str | None, nodes: int, rank: int,
@@ -32,8 +37,11 @@ def accelerate_command(fea_args: Sequence[str], *, accelerate_config: str | None
 
 
 def launch(fea_args: Sequence[str], *, nodes: int = 1, gpus_per_node: int = 0, cpus_per_node: float = 1.0,
-           accelerate_config: str | None = None, port: int = 29500) -> list[int]:
-    """Runs the training on `nodes` Ray nodes; returns each node's exit code (raises if one failed)."""
+           accelerate_config: str | None = None, port: int = 29500,
+           files: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Runs the training on `nodes` Ray nodes, each first writing `files` (path -> text, e.g. a config
+    file the nodes do not share). Returns one report per node, by rank (see `_run_node`); raises if
+    a node failed."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -49,29 +57,48 @@ def launch(fea_args: Sequence[str], *, nodes: int = 1, gpus_per_node: int = 0, c
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank),
                 "num_cpus": cpus_per_node, "num_gpus": gpus_per_node}
 
-    @ray.remote
-    def node_ip() -> str:
-        return ray.util.get_node_ip_address()
-
-    @ray.remote
-    def run_node(cmd: list[str]) -> int:
-        return subprocess.run(cmd, check=False).returncode
-
     try:
-        main_ip = ray.get(node_ip.options(**on(0)).remote())
+        main_ip = ray.get(ray.remote(ray.util.get_node_ip_address).options(**on(0)).remote())
         processes = max(gpus_per_node, 1)
-        codes = ray.get([
-            run_node.options(**on(rank)).remote(accelerate_command(
+        reports = ray.get([
+            ray.remote(_run_node).options(**on(rank)).remote(accelerate_command(
                 fea_args, accelerate_config=accelerate_config, nodes=nodes, rank=rank,
-                processes_per_node=processes, main_ip=main_ip, port=port))
+                processes_per_node=processes, main_ip=main_ip, port=port), dict(files or {}))
             for rank in range(nodes)])
     finally:
         remove_placement_group(group)
         if started:
             ray.shutdown()
+    codes = [report["exit_code"] for report in reports]
     if any(codes):
         raise RuntimeError(f"training failed on some node: exit codes by rank {codes}")
-    return codes
+    return reports
+
+
+def _run_node(cmd: list[str], files: dict[str, str]) -> dict[str, Any]:
+    """One node's part, in a Ray worker: where it ran (node, the worker's pid, the launcher's), which
+    actors the cluster held while it trained (what it shared the nodes with), and its exit code."""
+    import ray
+
+    for path, text in files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    launcher = subprocess.Popen(cmd)
+    report = {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+              "worker_pid": os.getpid(), "launcher_pid": launcher.pid, **cluster_actors()}
+    report["exit_code"] = launcher.wait()
+    return report
+
+
+def cluster_actors() -> dict[str, dict[str, int]]:
+    """Actor counts by class, alive and gone. Read from Ray's GCS: the state API (ray.util.state)
+    would need the dashboard, which a local Ray here runs without."""
+    import ray
+
+    actors = ray._private.state.actors().values()
+    alive = Counter(a["ActorClassName"] for a in actors if a["State"] != "DEAD")
+    gone = Counter(a["ActorClassName"] for a in actors if a["State"] == "DEAD")
+    return {"actors_alive": dict(alive), "actors_gone": dict(gone)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

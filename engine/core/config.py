@@ -311,6 +311,20 @@ class EvalSection(Section):
                             "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
 
 
+class LoopResources(Section):
+    """What the loop's training and evaluation steps ask Ray for when `placement` is ray."""
+
+    train_nodes: int = Field(1, ge=1, description="Nodes per training step: one accelerate launch on each, "
+                             "forming one torch.distributed group (trainer/ray_launch.py).")
+    train_gpus_per_node: int = Field(0, ge=0, description="GPUs per training node, one training process each "
+                                     "(0: one process on CPU).")
+    train_cpus_per_node: float = Field(1.0, gt=0.0, description="CPUs reserved per training node.")
+    accelerate_config: str | None = Field(None, description="accelerate config for training (DDP or DeepSpeed, "
+                                          "e.g. configs/accelerate/zero2.yaml); none = accelerate's defaults.")
+    eval_gpus: float = Field(0.0, ge=0.0, description="GPUs for an evaluation step (1 for a vLLM engine).")
+    eval_cpus: float = Field(1.0, gt=0.0, description="CPUs for an evaluation step.")
+
+
 class LoopConfig(Section):
     """The self-improvement loop: seed SFT, then per round GRPO -> synthesis -> retraining -> evaluation.
 
@@ -339,6 +353,11 @@ class LoopConfig(Section):
                                   "model on the held-out set (each round's retrained model always is).")
     control: bool = Field(True, description="Run the control arm: the base model trained on the seed set alone "
                           "for as many optimizer steps as the final model had, evaluated the same way.")
+    placement: Literal["driver", "ray"] = Field(
+        "driver", description="Where training and evaluation run: in the loop's driver process (the CPU demo: no "
+        "process start-up per step), or as Ray work asking for `resources` (GPU clusters: configs/loop-gpu.yaml). "
+        "Either way the generator actors are let go first whenever they hold what those steps need.")
+    resources: LoopResources = LoopResources()
     grpo: GRPOSection = GRPOSection()
     sft: SFTSection = SFTSection()
     retrain: SFTSection | None = Field(None, description="SFT settings for retraining (default: the `sft` section).")

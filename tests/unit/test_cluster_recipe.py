@@ -82,15 +82,41 @@ def ray_job_submits() -> list[str]:
     header_lines = [re.sub(r"^#\s?", "", line) for path in headers for line in path.read_text().splitlines()
                     if line.startswith("#")]
     lines = SECTION_LINES + logical_lines("```\n" + "\n".join(header_lines) + "\n```")
-    return [line for line in lines if line.startswith("ray job submit")]
+    return [with_quoted_script(lines, i) for i, line in enumerate(lines) if line.startswith("ray job submit")]
+
+
+def with_quoted_script(lines: list[str], i: int) -> str:
+    """Line i joined with the lines of a quoted script it opens (`-- bash -c '...'` spans lines)."""
+    joined = lines[i]
+    for following in lines[i + 1:]:
+        if joined.count("'") % 2 == 0:
+            break
+        joined += " " + following
+    return joined
+
+
+def places_its_own_gpu_work(line: str) -> bool:
+    """A `fea loop` whose config says `placement: ray`: its steps ask Ray for GPUs, its driver needs none."""
+    match = re.search(r"\bfea loop .*--config (\S+)", line)
+    return bool(match) and yaml.safe_load((REPO / match.group(1)).read_text())["loop"].get("placement") == "ray"
+
+
+def asks_entrypoint_gpus(line: str) -> bool:
+    return "--entrypoint-num-gpus" in line.split(" -- ")[0]
 
 
 def test_gpu_work_submitted_to_ray_asks_for_gpus():
     submits = ray_job_submits()
-    gpu_jobs = [line for line in submits if GPU_WORK.search(line)]
-    assert len(gpu_jobs) >= 3, submits  # train (README 4) and loop (README 5, twice)
-    missing = [line for line in gpu_jobs if "--entrypoint-num-gpus" not in line.split(" -- ")[0]]
+    gpu_jobs = [line for line in submits if GPU_WORK.search(line) and not places_its_own_gpu_work(line)]
+    assert len(gpu_jobs) >= 1, submits  # train (README 4)
+    missing = [line for line in gpu_jobs if not asks_entrypoint_gpus(line)]
     assert not missing, f"GPU work submitted without --entrypoint-num-gpus: {missing}"
+
+
+def test_a_loop_placing_its_gpu_work_on_ray_leaves_no_gpu_idle_under_its_driver():
+    loops = [line for line in ray_job_submits() if places_its_own_gpu_work(line)]
+    assert len(loops) >= 3, loops  # README 5 (twice) and the header of configs/loop-gpu.yaml
+    assert not [line for line in loops if asks_entrypoint_gpus(line)]
 
 
 def test_autoscaler_policy_lets_the_head_launch_gpu_workers():
