@@ -141,16 +141,27 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from trainer.run import run_training, training_config
 
+    from trainer.data import check_sources
+
     preflight.check_config_file(args.config)
+    source_flags = {"shard_format": args.format, "follow": args.follow, "follow_timeout": args.follow_timeout}
     try:
         cfg = training_config(args.stage, data=args.data, weights=args.weights, model=args.model, out=args.out,
-                              config_path=args.config, max_steps=args.max_steps)
+                              config_path=args.config, max_steps=args.max_steps, **source_flags)
     except ValueError as err:  # --weights that do not fit --data (a ConfigError is a ValueError too)
         raise preflight.UsageError(str(err)) from None
     preflight.check_training(cfg)
+    if any(source.follow for source in cfg.data):  # the partitions it reads and its waits are logged
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        check_sources(cfg.data)  # --format wds, partitions, --follow: synthesis outputs only
+    except ValueError as err:
+        raise preflight.UsageError(str(err)) from None
     _print_json(run_training(args.stage, data=args.data, model=args.model, out=args.out,
                              config_path=args.config, resume=args.resume, max_steps=args.max_steps,
-                             weights=args.weights))
+                             weights=args.weights, **source_flags))
     return 0
 
 
@@ -251,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with a `sft:` or `grpo:` section; flags override it.")
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
+    p.add_argument("--format", choices=["parquet", "wds"], help="Shards read from synthesis outputs: Parquet "
+                   "(the default) or the WebDataset tars.")
+    p.add_argument("--follow", action="store_true", help="Also train on partitions committed after training "
+                   "started, until the synthesis job at --data has written its summary (one source).")
+    p.add_argument("--follow-timeout", dest="follow_timeout", type=float, metavar="SECONDS",
+                   help="With --follow: stop waiting for the job after this many seconds.")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("eval", help="Generate without hints and compute the paper's metrics.")

@@ -40,7 +40,7 @@ class SourceStats:
     uri: str
     rows: set[str] = field(default_factory=set)
     skipped_no_description: set[str] = field(default_factory=set)
-    # Synthesis outputs: the ids of the partitions read (a followed source: those trained on), in order.
+    # Synthesis outputs only: the ids of the partitions read (a followed source: those trained on), in order.
     partitions: list[str] | None = None
 
     def partition_read(self, partition: str) -> None:
@@ -49,8 +49,8 @@ class SourceStats:
             self.partitions.append(partition)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "rows": len(self.rows), "skipped_no_description": len(self.skipped_no_description),
-                "partitions": self.partitions}
+        found = {"uri": self.uri, "rows": len(self.rows), "skipped_no_description": len(self.skipped_no_description)}
+        return found if self.partitions is None else {**found, "partitions": self.partitions}
 
 
 @dataclass

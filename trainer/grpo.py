@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.backends.tokens import blocked_token_ids
 from engine.core.config import GRPOSection
-from trainer import common
+from trainer import common, follow
 from trainer.data import PromptFormat, build_dataset, count_rows
 from trainer.rewards import RewardRecorder, VerifierRewards
 
@@ -55,12 +55,19 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
     # Data: streamed prompts with their gold labels, sources mixed by weight.
     # Shuffled here (TRL's own shuffle is switched off below) so shuffle_buffer means the same in both stages.
     fmt = PromptFormat(cfg.prompt_style)
-    train_data, stats = build_dataset(cfg.data, "grpo", seed=cfg.seed, stopping=cfg.mix_stopping,
-                                      shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
-    eval_data = build_dataset(cfg.eval_data, "grpo", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
     completions_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
-    max_steps = common.resolve_max_steps(cfg, completions_per_step / cfg.num_generations,
-                                         lambda: count_rows(cfg.data, "grpo"))
+    followed = None
+    if follow.follows(cfg):  # one followed synthesis job, read as its partitions are committed
+        followed, stats = follow.followed_run(cfg, "grpo", fmt, completions_per_step // cfg.num_generations,
+                                              resumed_from)
+        train_data = followed.dataset()
+        max_steps = cfg.max_steps if cfg.max_steps > 0 else follow.UNBOUNDED_STEPS
+    else:
+        train_data, stats = build_dataset(cfg.data, "grpo", seed=cfg.seed, stopping=cfg.mix_stopping,
+                                          shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
+        max_steps = common.resolve_max_steps(cfg, completions_per_step / cfg.num_generations,
+                                             lambda: count_rows(cfg.data, "grpo"))
+    eval_data = build_dataset(cfg.eval_data, "grpo", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
 
     # Rewards: the verifier, once per completion; optionally recorded to OUT/rewards.jsonl (one file
     # per process when distributed). A resumed run redoes the steps after its checkpoint.
@@ -75,13 +82,14 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
         num_generations=cfg.num_generations, beta=cfg.beta, epsilon=cfg.epsilon, temperature=cfg.temperature,
         top_p=cfg.top_p, max_completion_length=cfg.max_completion_length, num_iterations=cfg.num_iterations,
         loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=rewards.reward_weights(),
-        shuffle_dataset=False, log_completions=cfg.log_completions,
+        shuffle_dataset=False, log_completions=cfg.log_completions, ignore_data_skip=followed is not None,
         generation_kwargs=generation_kwargs(processor, model.config, cfg.use_vllm), use_vllm=cfg.use_vllm,
         **({"vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
            if cfg.use_vllm else {}),
     )
     trainer = GRPOTrainer(model=model, reward_funcs=rewards.functions(), args=args, train_dataset=train_data,
-                          eval_dataset=eval_data, processing_class=processor, peft_config=peft_config)
+                          eval_dataset=eval_data, processing_class=processor, peft_config=peft_config,
+                          callbacks=[followed.callback(out)] if followed else None)
 
     # Train (from the last checkpoint when resuming), then save adapter + merged model.
     try:
@@ -91,4 +99,5 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
             recorder.close()
     extra = {"rewards_log": str(recorder.path) if recorder else None}
     return common.finish(trainer, processor, cfg, stage="grpo", model_dir=model_dir, out=out, train_result=result,
-                         resumed_from=resumed_from, data_stats=stats.as_dict(), started=started, extra=extra)
+                         resumed_from=resumed_from, started=started, extra=extra,
+                         data_stats=follow.data_report(followed, stats, trainer.state.global_step))

@@ -15,9 +15,11 @@ SECTIONS = {"sft": SFTSection, "grpo": GRPOSection}
 
 def training_config(stage: str, *, data: Sequence[str] | None = None, weights: Sequence[float] | None = None,
                     model: str | None = None, out: str | None = None, config_path: str | None = None,
-                    max_steps: int | None = None) -> SFTSection | GRPOSection:
+                    max_steps: int | None = None, shard_format: str | None = None, follow: bool = False,
+                    follow_timeout: float | None = None) -> SFTSection | GRPOSection:
     """The stage's section of `config_path` (paper defaults without one), flags overriding it.
-    --data replaces the file's sources; --weights gives their mixing weights (default equal)."""
+    --data replaces the file's sources; --weights gives their mixing weights (default equal);
+    --format, --follow and --follow-timeout apply to every source."""
     if stage not in SECTIONS:
         raise ValueError(f"unknown training stage {stage!r}; expected one of {sorted(SECTIONS)}")
     overrides: dict[str, Any] = {"model.path": model, "out": out, "max_steps": max_steps}
@@ -28,14 +30,23 @@ def training_config(stage: str, *, data: Sequence[str] | None = None, weights: S
     elif weights is not None:
         raise ValueError("--weights needs --data")
     section = stage if config_path else None
+    cfg = load_config(SECTIONS[stage], config_path, overrides, section=section)
+    per_source = {"format": shard_format, "follow": follow or None, "follow_timeout": follow_timeout}
+    if follow_timeout is not None and not (follow or any(source.follow for source in cfg.data)):
+        raise ValueError("--follow-timeout needs --follow")
+    if all(value is None for value in per_source.values()):
+        return cfg
+    overrides["data"] = [{**source.model_dump(), **{k: v for k, v in per_source.items() if v is not None}}
+                         for source in cfg.data]
     return load_config(SECTIONS[stage], config_path, overrides, section=section)
 
 
 def run_training(stage: str, data: Sequence[str] | None, model: str | None, out: str | None,
                  config_path: str | None = None, resume: bool = False, max_steps: int | None = None,
-                 weights: Sequence[float] | None = None) -> dict[str, Any]:
+                 weights: Sequence[float] | None = None, **source_flags: Any) -> dict[str, Any]:
+    """`source_flags`: shard_format, follow, follow_timeout (see `training_config`)."""
     cfg = training_config(stage, data=data, weights=weights, model=model, out=out, config_path=config_path,
-                          max_steps=max_steps)
+                          max_steps=max_steps, **source_flags)
     if not cfg.out:
         raise ValueError("no output folder (--out or out in the config)")
     if storage.is_s3(cfg.out):

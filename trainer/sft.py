@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.config import SFTSection
-from trainer import common
+from trainer import common, follow
 from trainer.data import PromptFormat, build_dataset, count_rows
 
 log = logging.getLogger(__name__)
@@ -30,21 +30,31 @@ def run_sft(cfg: SFTSection, *, resume: bool = False) -> dict[str, Any]:
     model = common.load_model(model_dir, cfg.precision)
     peft_config = common.trainable_setup(model, cfg)
 
-    # Data: streamed rows of (image, prompt, reference completion), sources mixed by weight.
+    # Data: streamed rows of (image, prompt, reference completion), sources mixed by weight; or one
+    # followed synthesis job, read as its partitions are committed.
     fmt = PromptFormat(cfg.prompt_style, cfg.hint_fraction)
-    train_data, stats = build_dataset(cfg.data, "sft", seed=cfg.seed, stopping=cfg.mix_stopping,
-                                      shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
-    eval_data = build_dataset(cfg.eval_data, "sft", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
     rows_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
-    max_steps = common.resolve_max_steps(cfg, rows_per_step, lambda: count_rows(cfg.data, "sft"))
+    followed = None
+    if follow.follows(cfg):
+        followed, stats = follow.followed_run(cfg, "sft", fmt, rows_per_step, resumed_from)
+        train_data = followed.dataset()
+        max_steps = cfg.max_steps if cfg.max_steps > 0 else follow.UNBOUNDED_STEPS
+    else:
+        train_data, stats = build_dataset(cfg.data, "sft", seed=cfg.seed, stopping=cfg.mix_stopping,
+                                          shuffle_buffer=cfg.shuffle_buffer, fmt=fmt)
+        max_steps = common.resolve_max_steps(cfg, rows_per_step, lambda: count_rows(cfg.data, "sft"))
+    eval_data = build_dataset(cfg.eval_data, "sft", seed=cfg.seed, fmt=fmt)[0] if cfg.eval_data else None
 
     # TRL trainer.
     args = SFTConfig(**common.training_arguments(cfg, out, max_steps, eval_data is not None),
-                     max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss)
+                     max_length=cfg.max_length, completion_only_loss=cfg.completion_only_loss,
+                     ignore_data_skip=followed is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data,
-                         processing_class=processor, peft_config=peft_config)
+                         processing_class=processor, peft_config=peft_config,
+                         callbacks=[followed.callback(out)] if followed else None)
 
     # Train (from the last checkpoint when resuming), then save adapter + merged model.
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
     return common.finish(trainer, processor, cfg, stage="sft", model_dir=model_dir, out=out, train_result=result,
-                         resumed_from=resumed_from, data_stats=stats.as_dict(), started=started)
+                         resumed_from=resumed_from, started=started,
+                         data_stats=follow.data_report(followed, stats, trainer.state.global_step))
