@@ -39,6 +39,17 @@ def rewards_log_name() -> str:
     return "rewards.jsonl" if rank == 0 else f"rewards-rank{rank}.jsonl"
 
 
+def prompts_per_step(cfg: GRPOSection, completions_per_step: int) -> int:
+    """Rows of the stream one optimizer step takes: each prompt gets num_generations completions, and a
+    generation batch is trained on num_iterations times (TRL's repeat_iterable_dataset)."""
+    per_prompt = cfg.num_generations * cfg.num_iterations
+    if completions_per_step % per_prompt:
+        raise common.TrainingError(f"following a job needs whole prompts per step: {completions_per_step} "
+                                   f"completions per step do not divide into num_generations x num_iterations "
+                                   f"= {per_prompt}")
+    return completions_per_step // per_prompt
+
+
 def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
@@ -58,7 +69,7 @@ def run_grpo(cfg: GRPOSection, *, resume: bool = False) -> dict[str, Any]:
     completions_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * common.world_size()
     followed = None
     if follow.follows(cfg):  # one followed synthesis job, read as its partitions are committed
-        followed, stats = follow.followed_run(cfg, "grpo", fmt, completions_per_step // cfg.num_generations,
+        followed, stats = follow.followed_run(cfg, "grpo", fmt, prompts_per_step(cfg, completions_per_step),
                                               resumed_from)
         train_data = followed.dataset()
         max_steps = cfg.max_steps if cfg.max_steps > 0 else follow.UNBOUNDED_STEPS

@@ -34,11 +34,14 @@ def training_config(stage: str, *, data: Sequence[str] | None = None, weights: S
     per_source = {"format": shard_format, "follow": follow or None, "follow_timeout": follow_timeout}
     if follow_timeout is not None and not (follow or any(source.follow for source in cfg.data)):
         raise ValueError("--follow-timeout needs --follow")
-    if all(value is None for value in per_source.values()):
-        return cfg
-    overrides["data"] = [{**source.model_dump(), **{k: v for k, v in per_source.items() if v is not None}}
-                         for source in cfg.data]
-    return load_config(SECTIONS[stage], config_path, overrides, section=section)
+    if any(v is not None for v in per_source.values()):
+        overrides["data"] = [{**source.model_dump(), **{k: v for k, v in per_source.items() if v is not None}}
+                             for source in cfg.data]
+        cfg = load_config(SECTIONS[stage], config_path, overrides, section=section)
+    if any(source.follow for source in cfg.data) and cfg.max_steps <= 0 and cfg.warmup_ratio > 0:
+        raise ValueError("a followed run without --max-steps has no step horizon to warm up over: give "
+                         "--max-steps or set warmup_ratio to 0")
+    return cfg
 
 
 def run_training(stage: str, data: Sequence[str] | None, model: str | None, out: str | None,

@@ -106,11 +106,16 @@ def _assert_every_partition_once(summary: dict, job: HeldJob) -> None:
     assert source["rows"] == rows and summary["global_step"] == math.ceil(rows / BATCH)
 
 
+def _job_location(where: str, request, tmp_path: Path) -> str:
+    if where == "s3":
+        request.getfixturevalue("s3")  # the server, its settings in the environment the processes inherit
+        return f"s3://fea-test/follow-{uuid.uuid4().hex[:8]}"
+    return str(tmp_path / "job")
+
+
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_training_follows_a_running_job(where, request, tiny_model, faces, tmp_path):
-    if where == "s3":
-        request.getfixturevalue("s3")
-    out = f"s3://fea-test/follow-{uuid.uuid4().hex[:8]}" if where == "s3" else str(tmp_path / "job")
+    out = _job_location(where, request, tmp_path)
     job = HeldJob(faces, tmp_path, out, n=12, partition_size=3, reject_every=4)
     command, train_out = _trainer(tiny_model, tmp_path, out)
     log = tmp_path / "train.log"
@@ -130,11 +135,12 @@ def test_training_follows_a_running_job(where, request, tiny_model, faces, tmp_p
     assert (train_out / "merged" / "model.safetensors").exists()
 
 
-def test_killed_then_resumed_feeds_every_partition_once(tiny_model, faces, tmp_path):
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=[pytest.mark.s3, pytest.mark.slow])])
+def test_killed_then_resumed_feeds_every_partition_once(where, request, tiny_model, faces, tmp_path):
     """Partitions of 3 rows (all accepted) and steps of 2: a kill at step 1 or 2 lands inside a
     partition, which the resumed run finishes from the right row (its step count shows no row was
     trained twice or left out)."""
-    out = str(tmp_path / "job")
+    out = _job_location(where, request, tmp_path)
     job = HeldJob(faces, tmp_path, out, n=16, partition_size=3)
     command, train_out = _trainer(tiny_model, tmp_path, out)
     log = tmp_path / "train.log"
@@ -162,3 +168,51 @@ def test_killed_then_resumed_feeds_every_partition_once(tiny_model, faces, tmp_p
     _assert_every_partition_once(summary, job)
     steps = [e["step"] for e in json.loads((train_out / "log_history.json").read_text()) if "loss" in e]
     assert steps == list(range(1, summary["global_step"] + 1)), "a step was lost or run twice"
+
+
+@pytest.mark.parametrize("flags, message", [
+    ("--follow", "needs a synthesis output"),
+    ("--format wds", "needs a synthesis output"),
+    ("--follow-timeout 5", "--follow-timeout needs --follow"),
+    ("--follow --follow-timeout 0", "follow_timeout"),
+    ("--follow --config {warmup}", "warm up"),
+])
+def test_bad_follow_flags_are_one_line_errors(flags, message, tiny_model, faces, tmp_path, capsys):
+    from engine.cli import main
+
+    warmup = tmp_path / "warmup.yaml"
+    warmup.write_text(yaml.safe_dump({"sft": {"warmup_ratio": 0.1}}))
+    argv = ["train", "sft", "--data", str(faces / "samples.jsonl"), "--model", str(tiny_model),
+            "--out", str(tmp_path / "t"), *flags.format(warmup=warmup).split()]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fea train: error: ") and message in lines[0], lines
+
+
+@pytest.mark.slow
+def test_grpo_follows_a_running_job(tiny_model, faces, tmp_path):
+    """GRPO takes one prompt per step here (4 completions of 4 per step): every partition once."""
+    out = str(tmp_path / "job")
+    job = HeldJob(faces, tmp_path, out, n=6, partition_size=2)
+    config = tmp_path / "grpo.yaml"
+    config.write_text(yaml.safe_dump({"grpo": {
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8, "precision": "fp32",
+        "shuffle_buffer": 0, "save_steps": 2, "logging_steps": 1, "report_to": ["none"]}}))
+    train_out = tmp_path / "train"
+    command = [sys.executable, "-m", "engine.cli", "train", "grpo", "--config", str(config), "--data", out,
+               "--model", str(tiny_model), "--out", str(train_out), "--follow", "--format", "wds"]
+    log = tmp_path / "train.log"
+    trainer = _start(command, log)
+    try:
+        wait_for(lambda: _waiting(log, trainer), 300, every=0.2)
+        job.release()
+        job.finish()
+        assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    summary = json.loads((train_out / "summary.json").read_text())
+    source = summary["data"]["sources"][0]
+    assert sorted(source["partitions"]) == sorted(job.accepted_by_partition())
+    assert source["rows"] == 6 and summary["global_step"] == 6
