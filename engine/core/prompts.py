@@ -15,7 +15,6 @@ first user text as the official script does ("append" sets); either way the prom
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -23,8 +22,6 @@ from typing import Any
 from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, NO_AU, au_name, label_set_for, present_aus
 from engine.core.templates import EXAMPLE_AUS, EXAMPLE_COMPLETION, EXAMPLE_LABEL, PromptTemplates, render_labels, resolve
 from engine.core.types import GenerationRequest, Sample, sha256_hex
-
-PROMPT_VERSION = "2"
 
 __all__ = ["EXAMPLE_AUS", "EXAMPLE_COMPLETION", "EXAMPLE_LABEL", "build_messages", "describe_reasons", "hint_block",
            "make_request", "prompt_hash", "prompt_label_set", "prompt_text", "retry_text"]
@@ -83,21 +80,21 @@ def hint_block(sample: Sample, templates: PromptTemplates | None = None) -> str:
 
 
 def prompt_text(sample: Sample, *, hint: bool, style: PromptStyle = "full") -> str:
-    return "".join(_prompt_parts(sample, hint=hint, style=style))
+    return _first_user_text(sample, hint=hint, style=style)
 
 
-def _prompt_parts(sample: Sample, *, hint: bool, style: PromptStyle, history: History = ()) -> tuple[str, str]:
-    """(instructions, per-sample tail): the instructions are shared by every sample with the same
-    question and label set, which lets make_request hash them once. A set that appends retries to
-    the prompt (facial-r1) puts them in the tail."""
+def _first_user_text(sample: Sample, *, hint: bool, style: PromptStyle, history: History = ()) -> str:
+    """Instructions, the hint block when asked for, and the retries of a set that appends them to
+    the prompt (facial-r1)."""
     templates = resolve(style)
     text = _instructions(style, _question(sample.question), tuple(prompt_label_set(sample)))
     block = hint_block(sample, templates) if hint else ""
-    tail = f"\n\n{block}" if block else ""
+    if block:
+        text += f"\n\n{block}"
     if templates.retry_mode == "append":
-        tail += "".join("\n\n" + templates.retry.format(previous=completion, issues=_issues(templates, reasons, sample))
+        text += "".join("\n\n" + templates.retry.format(previous=completion, issues=_issues(templates, reasons, sample))
                         for completion, reasons in history)
-    return text, tail
+    return text
 
 
 def _question(question: str | None) -> str:
@@ -186,8 +183,8 @@ def retry_text(reasons: Sequence[str], sample: Sample | None = None, style: Prom
 
 def build_messages(sample: Sample, *, hint: bool, history: History = (),
                    style: PromptStyle = "full") -> tuple[Message, ...]:
-    head, tail = _prompt_parts(sample, hint=hint, style=style, history=history)
-    return _messages(head + tail, _turns(history, sample, style))
+    return _messages(_first_user_text(sample, hint=hint, style=style, history=history),
+                     _turns(history, sample, style))
 
 
 def _turns(history: History, sample: Sample, style: PromptStyle) -> tuple[tuple[str, str], ...]:
@@ -226,44 +223,8 @@ def prompt_hash(messages: Iterable[Message]) -> str:
     return sha256_hex(_canonical_json(_without_image_data(messages)).encode("utf-8"))
 
 
-# Stands in for the first user text while the rest of the messages is encoded (see _fast_prompt_hash).
-_TEXT_SLOT = "\x00prompt-text\x00"
-_ESCAPED_SLOT = _canonical_json(_TEXT_SLOT)[1:-1]
-
-
-@functools.lru_cache(maxsize=64)
-def _digest_through(head: str) -> Any:
-    """sha256 state after the canonical JSON up to and including `head`, the start of the first text."""
-    opening = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, ())))
-    return hashlib.sha256(opening[:opening.index(_ESCAPED_SLOT)].encode("utf-8")
-                          + _canonical_json(head)[1:-1].encode("utf-8"))
-
-
-def _after_text(turns: Sequence[tuple[str, str]]) -> str:
-    """The canonical JSON that follows the first user text: the retry turns, the closing brackets."""
-    skeleton = _canonical_json(_without_image_data(_messages(_TEXT_SLOT, turns)))
-    return skeleton[skeleton.index(_ESCAPED_SLOT) + len(_ESCAPED_SLOT):]  # the slot's first use is the text's
-
-
-_AFTER_TEXT_ALONE = _after_text(())
-
-
-def _fast_prompt_hash(head: str, tail: str, turns: Sequence[tuple[str, str]]) -> str:
-    """prompt_hash(_messages(head + tail, turns)) without encoding and hashing the long shared
-    instructions again for every request: JSON escapes character by character, so the encoding of
-    head + tail is the encoding of head followed by that of tail, and the digest of everything up
-    to the end of head is kept per head."""
-    rest = _after_text(turns) if turns else _AFTER_TEXT_ALONE
-    digest = _digest_through(head).copy()
-    digest.update((_canonical_json(tail)[1:-1] + rest).encode("utf-8"))
-    return digest.hexdigest()
-
-
 def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = (),
                  style: PromptStyle = "full") -> GenerationRequest:
-    head, tail = _prompt_parts(sample, hint=hint, style=style, history=history)
-    turns = _turns(history, sample, style)
-    messages = _messages(head + tail, turns)
+    messages = build_messages(sample, hint=hint, history=history, style=style)
     return GenerationRequest(key=f"{sample.id}#{attempt}", sample_id=sample.id, attempt=attempt,
-                             messages=messages, image=sample.image,
-                             prompt_hash=_fast_prompt_hash(head, tail, turns))
+                             messages=messages, image=sample.image, prompt_hash=prompt_hash(messages))

@@ -15,8 +15,6 @@ from engine.core.verifier import (
     PAPER_FORMAT_RE,
     VERIFIER_VERSION,
     VerifyItem,
-    _forbidden_by_regex,
-    _rules,
     au_mentions,
     compute_scores,
     format_ok,
@@ -26,7 +24,6 @@ from engine.core.verifier import (
     r_au,
     r_format,
     raw_au_ids,
-    think_words_exceed,
     verify,
     verify_batch,
 )
@@ -379,22 +376,11 @@ _words = st.sampled_from(["no", "not", "No", "NOT", "isn't", "cannot", "without"
 
 @settings(max_examples=300)
 @given(st.lists(_words, max_size=10), st.sampled_from([" ", "", "-", "\n"]))
-def test_fast_forbidden_check_equals_the_regex(words, sep):
+def test_forbidden_words_equal_a_word_boundary_regex(words, sep):
     think = sep.join(words)
-    rules = _rules(CFG.forbidden_words, CFG.hint_phrases)
-    expected = [w for w in rules.words if w in _forbidden_by_regex(think.lower(), rules)]
-    assert forbidden_words_in(think, CFG) == expected
     reference = {m.group().lower() for m in re.finditer(r"\b(?:no|not|without|maybe)\b", think, re.IGNORECASE)}
     if re.search(r"n['’]t\b|\bcannot\b", think, re.IGNORECASE):
         reference.add("not")
-    assert set(expected) == reference
-
-
-@given(st.lists(st.sampled_from(["a", "bb", " ", "  ", "\n", "\x1c", "\u2003", ".", "-"]), max_size=40).map("".join),
-       st.integers(0, 12))
-def test_think_words_exceed_equals_split(think, limit):
-    spaced = None
-    if think.isascii():
-        from engine.core.verifier import _spaced
-        spaced = _spaced(think.lower())
-    assert think_words_exceed(think, limit, spaced=spaced) == (len(think.split()) > limit)
+    found = forbidden_words_in(think, CFG)
+    assert set(found) == reference
+    assert found == [w for w in CFG.forbidden_words if w in reference]  # configured order

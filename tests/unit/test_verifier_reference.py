@@ -1,12 +1,11 @@
-"""The verifier's fast path against a plain reference.
+"""The verifier against a reference written independently of it.
 
-`verify`, `verify_batch` and `compute_scores` locate tags once, scan one lower-cased copy of the
-think text, match forbidden words in a space-padded byte copy and cache per-config and per-gold
-preparation. The reference below shares none of that code: it follows the rules as documented,
-step by step: the paper's format regex, a character-by-character reading of the AU mention rule over
-upper-cased text, one word-boundary regex per forbidden word, `str.split` for the length. Only the
-vocabularies (FACS ids, label normalisation) come from the engine. Hypothesis checks they agree on
-generated completions, golds and configs, so the speed-ups are checked, not assumed.
+The reference below follows the documented rules step by step and shares no code with the
+verifier beyond the vocabularies (FACS ids, AU and label normalisation): tags are cut out with
+str.partition, AU mentions are read character by character, the paper's AU ids and answer labels
+with string scans, forbidden words with one lookaround regex per word, the format with the paper's
+own regex (which the verifier does not run). Hypothesis checks that verdicts and scores agree on
+many generated completions, golds and configs.
 """
 from __future__ import annotations
 
@@ -21,20 +20,39 @@ from engine.core.types import Scores, Verdict
 from engine.core.verifier import (
     VERIFIER_VERSION,
     VerifyItem,
-    _forbidden_ascii,
-    _rules,
-    _spaced,
-    _think_mentions,
     au_mentions,
     compute_scores,
+    forbidden_words_in,
     verify,
     verify_batch,
 )
 
+
 # ---------------------------------------------------------------- the reference
-THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)  # the first complete think block
-ANSWER_RE = re.compile(r".*<answer>(.*)</answer>", re.DOTALL)  # the last complete answer block
-FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)  # the paper's format_reward
+def ref_format_ok(text: str) -> bool:
+    """The paper's format_reward, verbatim."""
+    return re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", text, re.DOTALL) is not None
+
+
+def ref_think(text: str) -> str | None:
+    """The first complete <think> block."""
+    _, opened, rest = text.partition("<think>")
+    think, closed, _ = rest.partition("</think>")
+    return think if opened and closed else None
+
+
+def ref_last_answer(text: str) -> str | None:
+    """The last complete <answer> block, stripped."""
+    head, closed, _ = text.rpartition("</answer>")
+    _, opened, answer = head.rpartition("<answer>")
+    return answer.strip() if opened and closed else None
+
+
+def ref_first_answer(text: str) -> str | None:
+    """The paper filter's first <answer> block (lazy): the first <answer> that some </answer> follows."""
+    _, opened, rest = text.partition("<answer>")
+    answer, closed, _ = rest.partition("</answer>")
+    return answer if opened and closed else None
 
 
 def _glued(text: str, i: int) -> bool:
@@ -75,6 +93,26 @@ def ref_mentions(text: str) -> tuple[set[str], list[str]]:
     return known, unknown
 
 
+def ref_raw_aus(text: str) -> set[str]:
+    """The paper's `AU\\d+`, case-sensitive, scanned left to right without overlaps."""
+    found, i = set(), 0
+    while i < len(text):
+        k = i + 2
+        while text.startswith("AU", i) and k < len(text) and text[k].isdecimal():
+            k += 1
+        if k > i + 2:
+            found.add(text[i:k])
+            i = k
+        else:
+            i += 1
+    return found
+
+
+def ref_labels(answer: str | None) -> set[str]:
+    text = (answer or "").replace("、", ",").replace("，", ",")
+    return {part.strip() for part in text.split(",") if part.strip()}
+
+
 def ref_forbidden(think: str, forbidden_words) -> list[str]:
     lower = think.lower()
     words = list(dict.fromkeys(w.strip().lower() for w in forbidden_words if w.strip()))
@@ -95,15 +133,9 @@ def ref_au_reasons(pred, gold) -> list[str]:
     return [f"au_missing:{au}" for au in ref_sorted(gold - pred)] + [f"au_extra:{au}" for au in ref_sorted(pred - gold)]
 
 
-def ref_verdict(completion, gold_aus, gold_labels, cfg, label_set=None, sample_id="", attempt=0) -> Verdict:
-    think_match, answer_match = THINK_RE.search(completion), ANSWER_RE.match(completion)
-    think = think_match.group(1) if think_match else None
-    answer = answer_match.group(1).strip() if answer_match else None
-    format_ok = FORMAT_RE.fullmatch(completion) is not None
+def ref_scores(think, answer, format_ok, gold_aus, gold_labels, cfg) -> Scores:
     known, unknown = ref_mentions(think) if think is not None else (set(), [])
-    gold = {au if au in FACS_IDS else (normalize_au(au) or au) for au in gold_aus} - {NO_AU}
-    expected = (normalize_label(gold_labels[0]) or gold_labels[0].strip().lower()) if gold_labels else None
-
+    gold = {normalize_au(au) or au for au in gold_aus} - {NO_AU}
     pred = known | set(unknown)
     if not gold_aus:  # unknown AUs
         au = 0.0
@@ -114,29 +146,34 @@ def ref_verdict(completion, gold_aus, gold_labels, cfg, label_set=None, sample_i
     if not gold_labels:
         acc = cfg.acc_without_label
     else:
+        expected = normalize_label(gold_labels[0]) or gold_labels[0].strip().lower()
         acc = float(answer is not None and normalize_label(answer) == expected)
     fmt = float(format_ok)
     total = cfg.au_weight * au + cfg.acc_weight * acc + cfg.format_weight * fmt
-    scores = Scores(au, acc, fmt, max(-cfg.total_clamp, min(cfg.total_clamp, total)))
+    return Scores(au, acc, fmt, max(-cfg.total_clamp, min(cfg.total_clamp, total)))
 
-    if cfg.policy == "paper":
-        raw = set(re.findall(r"AU\d+", completion))
-        blocking = ref_au_reasons(raw, set(gold_aus) - {NO_AU}) if gold_aus else []
-        first = re.search(r"<answer>(.*?)</answer>", completion, re.DOTALL)
-        first_answer = first.group(1) if first else None
-        labels = {part.strip() for part in re.split(r"[,、，]", first_answer or "") if part.strip()}
-        if gold_labels and labels != set(gold_labels):
-            blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={','.join(sorted(set(gold_labels)))}")
-        notes = ["no_think"] * (not (think or "").strip()) + ["no_answer"] * (not (first_answer or "").strip())
-        return Verdict(sample_id, attempt, scores, not blocking, tuple(blocking + notes), ref_sorted(raw),
-                       None if first_answer is None else first_answer.strip(), "paper", VERIFIER_VERSION)
 
+def ref_paper(completion, gold_aus, gold_labels, think) -> tuple[bool, list[str], tuple[str, ...], str | None]:
+    raw = ref_raw_aus(completion)
+    blocking = ref_au_reasons(raw, set(gold_aus) - {NO_AU}) if gold_aus else []
+    first_answer = ref_first_answer(completion)
+    labels = ref_labels(first_answer)
+    if gold_labels and labels != set(gold_labels):
+        blocking.append(f"label_mismatch:{','.join(sorted(labels))}!={','.join(sorted(set(gold_labels)))}")
+    notes = ["no_think"] * (not (think or "").strip()) + ["no_answer"] * (not (first_answer or "").strip())
+    return not blocking, blocking + notes, ref_sorted(raw), None if first_answer is None else first_answer.strip()
+
+
+def ref_strict(think, answer, format_ok, gold_aus, gold_labels, cfg) -> tuple[bool, list[str], tuple, str | None]:
+    known, unknown = ref_mentions(think) if think is not None else (set(), [])
+    gold = {normalize_au(au) or au for au in gold_aus} - {NO_AU}
     reasons = ["format"] * (not format_ok) + ["no_think"] * (think is None) + ["no_answer"] * (not answer)
     reasons += (ref_au_reasons(known, gold) if gold_aus else []) + [f"au_unknown:{au}" for au in unknown]
-    shown = "" if answer is None else answer.strip().lower()[:40]
     predicted = None if answer is None else normalize_label(answer)
-    if gold_labels and answer and predicted != expected:
-        reasons.append(f"label_mismatch:{predicted or shown}!={expected}")
+    if gold_labels and answer:
+        expected = normalize_label(gold_labels[0]) or gold_labels[0].strip().lower()
+        if predicted != expected:
+            reasons.append(f"label_mismatch:{predicted or answer.lower()[:40]}!={expected}")
     text = think or ""
     reasons += [f"forbidden_word:{w}" for w in ref_forbidden(text, cfg.forbidden_words)]
     reasons += [f"hint_echo:{p.lower()}" for p in cfg.hint_phrases if p.strip() and p.lower() in text.lower()]
@@ -145,8 +182,17 @@ def ref_verdict(completion, gold_aus, gold_labels, cfg, label_set=None, sample_i
         reasons.append("too_short")
     elif words > cfg.max_think_words:
         reasons.append("too_long")
-    return Verdict(sample_id, attempt, scores, not reasons, tuple(reasons), ref_sorted(known), predicted, "strict",
-                   VERIFIER_VERSION)
+    return not reasons, reasons, ref_sorted(known), predicted
+
+
+def ref_verdict(completion, gold_aus, gold_labels, cfg, label_set=None, sample_id="", attempt=0) -> Verdict:
+    think, answer, format_ok = ref_think(completion), ref_last_answer(completion), ref_format_ok(completion)
+    scores = ref_scores(think, answer, format_ok, gold_aus, gold_labels, cfg)
+    if cfg.policy == "paper":
+        accepted, reasons, aus, label = ref_paper(completion, gold_aus, gold_labels, think)
+    else:
+        accepted, reasons, aus, label = ref_strict(think, answer, format_ok, gold_aus, gold_labels, cfg)
+    return Verdict(sample_id, attempt, scores, accepted, tuple(reasons), aus, label, cfg.policy, VERIFIER_VERSION)
 
 
 # ---------------------------------------------------------------- generated inputs
@@ -210,7 +256,7 @@ _configs = st.builds(
 
 
 # ---------------------------------------------------------------- properties
-@settings(max_examples=600)
+@settings(max_examples=1000, deadline=None)
 @given(completions(), _gold_aus, _gold_labels, _label_sets, _configs)
 def test_verify_equals_the_reference(completion, gold_aus, gold_labels, label_set, cfg):
     expected = ref_verdict(completion, gold_aus, gold_labels, cfg, label_set, "s", 3)
@@ -218,11 +264,11 @@ def test_verify_equals_the_reference(completion, gold_aus, gold_labels, label_se
     assert compute_scores(completion, gold_aus, gold_labels, cfg, label_set=label_set) == expected.scores
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(completions(), st.integers(0, 2)), min_size=1, max_size=8), _gold_aus, _gold_labels,
        _label_sets, _configs)
-def test_verify_batch_equals_the_reference_with_shared_golds(attempts, gold_aus, gold_labels, label_set, cfg):
-    # several attempts of one sample share its gold objects (as in synthesis), with a second sample between
+def test_verify_batch_equals_the_reference(attempts, gold_aus, gold_labels, label_set, cfg):
+    # several attempts of one sample (VerifyItem or plain tuples), with a second sample between
     other = (["AU9"], ["disgust"])
     items = []
     for i, (text, form) in enumerate(attempts):
@@ -238,48 +284,41 @@ def test_verify_batch_equals_the_reference_with_shared_golds(attempts, gold_aus,
     assert verify_batch(items, cfg) == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=500, deadline=None)
 @given(_free_text)
-def test_think_mentions_from_lower_case_equal_the_documented_pattern(text):
-    expected = ref_mentions(text)
-    assert _think_mentions(text, text.lower()) == expected
-    assert au_mentions(text) == expected
+def test_au_mentions_equal_the_character_reading(text):
+    assert au_mentions(text) == ref_mentions(text)
 
 
 _plain_words = st.one_of(
     st.just(list(VerifierConfig().forbidden_words)),
     st.permutations(["no", "not", "without", "maybe", "cannot"]),
     st.lists(st.sampled_from(["no", "not", "without", "maybe", "cannot", "never", "slightly", "a", "nose", "x_1",
-                              "perhaps"]), max_size=4))
+                              "perhaps", "o'clock", "(no)"]), max_size=4))
 
 
-@settings(max_examples=600)
-@given(st.lists(st.sampled_from(_WORDS + ["a", "x_1", "never", "slightly", "-", "’", "'"]), max_size=12),
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS + ["a", "x_1", "never", "slightly", "-", "’", "'", "ß", "é"]), max_size=12),
        st.sampled_from([" ", "", "-", "\n", ".", "_"]), _plain_words)
-def test_forbidden_scan_of_the_spaced_copy_equals_a_regex_per_word(words, sep, forbidden):
+def test_forbidden_words_equal_a_regex_per_word(words, sep, forbidden):
     think = sep.join(words)
-    lower = think.lower()
-    rules = _rules(tuple(forbidden), ())
     expected = ref_forbidden(think, forbidden)
-    if lower.isascii() and rules.spaced_re is not None:
-        assert _forbidden_ascii(lower, _spaced(lower), rules) == expected
+    assert forbidden_words_in(think, VerifierConfig(forbidden_words=tuple(forbidden))) == expected
     cfg = VerifierConfig(forbidden_words=tuple(forbidden), hint_phrases=(), min_think_words=0)
     reasons = verify(f"<think>{think}</think><answer>sadness</answer>", [], ["sadness"], cfg).reasons
     assert [r.split(":", 1)[1] for r in reasons if r.startswith("forbidden_word:")] == expected
 
 
-def test_verdicts_built_on_the_fast_path_are_ordinary_verdicts():
-    import dataclasses
-    import pickle
-
-    from engine.core.verifier import _frozen, _verdict
-
-    fast_scores = _frozen(Scores, au=1.0, acc=1.0, format=1.0, total=3.0)
-    fields = ("s1", 2, fast_scores, True, (), ("AU1", "AU4"), "sadness", "strict")
-    fast, plain = _verdict(*fields), Verdict(*fields[:2], Scores(1.0, 1.0, 1.0, 3.0), *fields[3:], VERIFIER_VERSION)
-    assert fast == plain and hash(fast) == hash(plain)
-    assert pickle.loads(pickle.dumps(fast)) == plain
-    assert dataclasses.asdict(fast) == dataclasses.asdict(plain)
-    # _frozen skips __init__, so it is only right while these classes have no validation of their own
-    assert not hasattr(Verdict, "__post_init__") and not hasattr(Scores, "__post_init__")
-
+def test_the_reference_reads_hand_worked_cases():
+    """The reference itself on cases worked by hand, so a property test cannot pass on two equal bugs."""
+    text = "<think>Brows down (au 04), LAU12 and beau 4; it isn't AU99.</think>\n<answer>anger</answer>"
+    assert ref_think(text) == "Brows down (au 04), LAU12 and beau 4; it isn't AU99."
+    assert ref_last_answer(text + "<answer> Fear </answer>") == "Fear"
+    assert ref_first_answer(text + "<answer>fear</answer>") == "anger"
+    assert ref_format_ok(text) and not ref_format_ok(" " + text)
+    assert ref_mentions(ref_think(text)) == ({"AU4", "AU12"}, ["AU99"])
+    assert ref_raw_aus("AU04 au4 AU12B AUAU5") == {"AU04", "AU12", "AU5"}
+    assert ref_labels("fear，sadness、 anger,") == {"fear", "sadness", "anger"}
+    assert ref_forbidden("It isn't a knot, perhaps.", ["no", "not", "perhaps"]) == ["not", "perhaps"]
+    verdict = ref_verdict(text, ["AU4", "AU12"], ["anger"], VerifierConfig(min_think_words=0))
+    assert verdict.reasons == ("au_unknown:AU99", "forbidden_word:not") and not verdict.accepted
