@@ -10,6 +10,7 @@ import sys
 from typing import Any, Callable
 
 from engine import preflight
+from engine.watch import add_watch_parser
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--resume", action="store_true")
     p.set_defaults(handler=_loop)
+
+    add_watch_parser(sub)
 
     p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
     p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
