@@ -216,6 +216,8 @@ def build_dataset(sources: Sequence[DataSource], stage: Stage, *, seed: int = 0,
     if not sources:
         raise ValueError("no training data: give at least one source (--data URI)")
     check_sources(sources)
+    if any(source.follow for source in sources):  # trainer.follow reads a followed training source
+        raise ValueError("follow applies to the training data only, not to eval_data")
     stats = DataStats([SourceStats(source.uri) for source in sources])
     streams = [_source_stream(source, stage, s, fmt) for source, s in zip(sources, stats.sources)]
     dataset = streams[0] if len(streams) == 1 else interleave_datasets(

@@ -136,6 +136,9 @@ class FollowedSource:
                 waiting = True
             time.sleep(POLL_SECONDS)
         self.ended = True
+        if not any(entry[1] for entry in self.fed):  # else an opaque error deep inside the trainer
+            raise ValueError(f"{redact(self.source.uri)}: no usable {self.stage.upper()} rows in the partitions "
+                             f"committed before the job {'finished' if self.job_finished else 'timed out'}")
 
     def _commit(self, pid: str):
         return committed_partitions(self.source.uri, [pid])[0]

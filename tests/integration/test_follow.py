@@ -216,3 +216,22 @@ def test_grpo_follows_a_running_job(tiny_model, faces, tmp_path):
     source = summary["data"]["sources"][0]
     assert sorted(source["partitions"]) == sorted(job.accepted_by_partition())
     assert source["rows"] == 6 and summary["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_the_follow_timeout_ends_training_on_what_was_committed(tiny_model, faces, tmp_path):
+    """A job that never writes its summary (here: removed after it ran, as a died driver leaves it):
+    the trainer takes every committed partition, then stops at the timeout and says so."""
+    out = str(tmp_path / "job")
+    job = HeldJob(faces, tmp_path, out, n=6, partition_size=3)
+    job.release()
+    job.finish()
+    storage.remove(storage.join(out, "summary.json"))
+    command, train_out = _trainer(tiny_model, tmp_path, out)
+    command[command.index("--follow-timeout") + 1] = "3"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "follow timeout reached before the job finished" in done.stderr
+    source = json.loads((train_out / "summary.json").read_text())["data"]["sources"][0]
+    assert sorted(source["partitions"]) == ["part-00000", "part-00001"] and source["rows"] == 6
+    assert source["follow"] == {"partial_partition": None, "job_finished": False, "timed_out": True}

@@ -65,6 +65,11 @@ def test_partition_ids_are_checked_by_the_config():
         load_config(SFTSection, overrides={"data": [{"uri": "x", "partitions": ["part-00001"], "follow": True}]})
 
 
+def test_only_training_data_is_followed(output):
+    with pytest.raises(ValueError, match="not to eval_data"):
+        build_dataset([DataSource(uri=output, follow=True)], "sft")
+
+
 def test_partitions_and_wds_need_a_synthesis_output(faces):
     for source in (DataSource(uri=str(faces / "samples.jsonl"), partitions=["part-00000"]),
                    DataSource(uri=str(faces / "samples.jsonl"), format="wds")):
