@@ -58,7 +58,7 @@ class Run:
     """One loop run: paths, step records and the model lineage."""
 
     def __init__(self, cfg: LoopConfig, resume: bool) -> None:
-        from engine.synth.job import GeneratorFleet
+        from engine.synth.pool import GeneratorFleet
 
         self.cfg = cfg
         self.resume = resume

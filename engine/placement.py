@@ -31,7 +31,7 @@ def generators_must_go(cfg: LoopConfig) -> bool:
 
 
 def make_room(cfg: LoopConfig, fleet) -> None:
-    """Release the generator fleet (engine.synth.job.GeneratorFleet) before a training or evaluation
+    """Release the generator fleet (engine.synth.pool.GeneratorFleet) before a training or evaluation
     step when it must go; the next synthesis starts new generators."""
     if generators_must_go(cfg):
         fleet.release()

@@ -249,7 +249,7 @@ def check_loop(cfg) -> None:
 # failed us, rerun later" (exit 1, no traceback either); anything else is a bug: exit 1 with a hint.
 # Named by module so that this module imports none of them.
 _USAGE_ERRORS = ("engine.preflight:UsageError", "engine.core.config:ConfigError",
-                 "engine.synth.job:JobMismatchError", "engine.synth.partition:InputChangedError",
+                 "engine.synth.input:JobMismatchError", "engine.synth.partition:InputChangedError",
                  "engine.loop:LoopStateError", "engine.data.lease:LeaseHeldError",
                  "engine.data.integrity:ShardIntegrityError")
 _OPERATIONAL_ERRORS = ("engine.data.retry:StorageUnavailableError", "engine.data.lease:LeaseLostError")

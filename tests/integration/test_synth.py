@@ -21,7 +21,8 @@ import pytest
 
 from engine.data import shards, storage
 from engine.core.config import SynthConfig
-from engine.synth.job import JobMismatchError, run_synth
+from engine.synth.input import JobMismatchError
+from engine.synth.job import run_synth
 from tests.support.processes import kill_driver_and_children
 
 VENV_BIN = Path(sys.executable).parent
@@ -424,7 +425,7 @@ def test_fleet_keeps_generator_actors_across_jobs_and_reloads_the_model(ray_loca
     """The loop's rounds: the second job runs on the same actors, with the next round's model."""
     import ray
 
-    from engine.synth.job import GeneratorFleet
+    from engine.synth.pool import GeneratorFleet
     from engine.demo.tinymodel import build_tiny_model
 
     next_model = build_tiny_model(tmp_path / "next-round-model", seed=1)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from engine.backends.hf import MAX_PADDING, length_groups
 from engine.core.config import SynthConfig
-from engine.synth.job import inflight_batches
+from engine.synth.scheduler import inflight_batches
 
 
 def padding_share(lengths: list[int]) -> float:

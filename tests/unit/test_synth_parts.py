@@ -17,7 +17,8 @@ from engine.synth.judge import Gold, judge
 from engine.synth.partition import (InputChangedError, Outcome, PartitionResult, cut_partitions, totals,
                               write_partition)
 from engine.synth.progress import Counts, Progress
-from engine.synth.job import JobMismatchError, RequestQueue, default_job_id, open_job, resolve_config
+from engine.synth.input import JobMismatchError, default_job_id, open_job, resolve_config
+from engine.synth.scheduler import RequestQueue
 from engine.core.types import Attempt, GenerationRequest, QuarantineRecord, Sample, SamplingParams, sha256_hex
 
 GOOD = ("<think>The inner brows are raised (AU1) and the brows are lowered (AU4), the lip corners are "
@@ -238,13 +239,13 @@ def test_lost_work_is_told_apart_from_bugs():
     """Work lost with a dead process is redone; an exception raised by our code fails the job."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
-    from engine.synth.job import _is_lost_work
+    from engine.synth.pool import is_lost_work
 
     via_filter = RayTaskError("FilterActor.verify", "traceback", ActorUnavailableError("restarting", b"\0" * 16))
-    assert _is_lost_work(via_filter) and _is_lost_work(via_filter.as_instanceof_cause())
-    assert _is_lost_work(ActorDiedError())
-    assert not _is_lost_work(RayTaskError("GeneratorActor.generate", "traceback", ValueError("bug")))
-    assert not _is_lost_work(ValueError("bug"))
+    assert is_lost_work(via_filter) and is_lost_work(via_filter.as_instanceof_cause())
+    assert is_lost_work(ActorDiedError())
+    assert not is_lost_work(RayTaskError("GeneratorActor.generate", "traceback", ValueError("bug")))
+    assert not is_lost_work(ValueError("bug"))
 
 
 def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch):
