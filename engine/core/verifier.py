@@ -153,7 +153,7 @@ def raw_au_ids(text: str, *, ignore_case: bool = False) -> frozenset[str]:
 def sorted_aus(aus: Iterable[str]) -> tuple[str, ...]:
     """AU ids in numeric order (AU2 before AU10); ids without a number last."""
     def key(au: str) -> tuple[int, str]:
-        return (int(au[2:]), au) if au[2:].isdigit() else (1 << 30, au)
+        return (int(au[2:]), au) if au[2:].isdecimal() else (1 << 30, au)  # int() reads any decimal digit
     return tuple(sorted(aus, key=key))
 
 

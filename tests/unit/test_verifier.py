@@ -384,3 +384,9 @@ def test_forbidden_words_equal_a_word_boundary_regex(words, sep):
     found = forbidden_words_in(think, CFG)
     assert set(found) == reference
     assert found == [w for w in CFG.forbidden_words if w in reference]  # configured order
+
+
+def test_gold_ids_that_are_no_number_sort_last_in_reasons():
+    # "AU²" is a digit but no decimal: int() cannot read it, so it sorts after the real ids
+    v = strict(completion(GOOD_THINK), aus=("AU²", "AU15", "AU4", "AU1", "AU9"))
+    assert v.reasons == ("au_missing:AU9", "au_missing:AU²")
