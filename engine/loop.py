@@ -10,10 +10,13 @@ skips finished steps and reruns the first unfinished one, which resumes on its o
 its commits, training from its last checkpoint). One Ray cluster serves every round. Training and
 evaluation run in this process or as Ray work with their own GPUs (`placement`, engine/placement.py);
 the generator actors are released before them whenever they hold what those steps need, and
-otherwise load each round's model with `reload` instead of being restarted.
+otherwise load each round's model with `reload` instead of being restarted. With `overlap`, a round's
+retraining starts once its synthesis has committed a first partition and follows the job
+(engine/overlap.py).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -77,8 +80,10 @@ class Run:
         uri = self.folder_uri(index, step, STEP_FILE)
         return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
-    def step(self, index: int | None, name: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run `body` unless its record exists; the record is written once, after the step's outputs."""
+    def step(self, index: int | None, name: str, body: Callable[[], dict[str, Any]],
+             show: bool = True) -> dict[str, Any]:
+        """Run `body` unless its record exists; the record is written once, after the step's outputs.
+        `show`: a console stage line (one thread at a time; a step beside another runs without)."""
         where = f"round {index}" if index is not None else CONTROL
         done = self.record(index, name)
         if done is not None:
@@ -86,7 +91,7 @@ class Run:
             return done
         log.info("%s: %s", where, name)
         started = time.monotonic()
-        with stage(f"{where}: {name}"):
+        with stage(f"{where}: {name}") if show else contextlib.nullcontext():
             outputs = body()
         outputs.update(step=name, round=index, seconds=round(time.monotonic() - started, 3))
         if not storage.write_once(self.folder_uri(index, name, STEP_FILE), json.dumps(outputs, sort_keys=True).encode()):
@@ -102,10 +107,12 @@ def _local_dir(run: Run, index: int | None, step: str) -> tuple[str, Path]:
     return uri, Path(uri) if not storage.is_s3(uri) else run.work / folder / step
 
 
-def _train(run: Run, index: int | None, step: str, section: SFTSection | GRPOSection, data: list[str],
+def _train(run: Run, index: int | None, step: str, section: SFTSection | GRPOSection, data: list[str | dict],
            model: str, max_steps: int | None = None) -> dict[str, Any]:
+    """`data`: URIs (weight 1), or DataSource fields (e.g. a followed synthesis output)."""
     uri, local = _local_dir(run, index, step)
-    cfg = section.model_validate({**section.model_dump(), "data": [{"uri": u, "weight": 1.0} for u in data],
+    sources = [u if isinstance(u, dict) else {"uri": u, "weight": 1.0} for u in data]
+    cfg = section.model_validate({**section.model_dump(), "data": sources,
                                   "model": {"path": model}, "out": str(local), "round": index or 0,
                                   **({"max_steps": max_steps} if max_steps else {})})
     local.mkdir(parents=True, exist_ok=True)
@@ -192,15 +199,37 @@ def run_round(run: Run, index: int, model: str) -> RoundState:
     model = state.steps["grpo"]["model"]
     if cfg.evaluate_stages:
         _evaluated(run, state, "eval_grpo", f"grpo-{index:02d}", model)
-    state.steps["synth"] = run.step(index, "synth", lambda: _synth(run, index, model))
-    # A round that accepted nothing has no shards to learn from (and an empty source is an error).
-    accepted_sources = [record["out"] for record in (run.record(i, "synth") for i in range(index + 1))
-                        if record["summary"]["accepted"] > 0]
     start = cfg.base_model.path if cfg.retrain_from == "base" else model
-    state.steps["retrain"] = run.step(index, "retrain", lambda: _train(
-        run, index, "retrain", cfg.retrain or cfg.sft, list(cfg.seed_data) + accepted_sources, start))
+    if cfg.overlap and run.record(index, "retrain") is None:
+        state.steps["synth"], state.steps["retrain"] = _synth_beside_retrain(run, index, model, start)
+    else:
+        state.steps["synth"] = run.step(index, "synth", lambda: _synth(run, index, model))
+        state.steps["retrain"] = run.step(index, "retrain", lambda: _train(
+            run, index, "retrain", cfg.retrain or cfg.sft, _accepted_sources(run, index + 1), start))
     _evaluated(run, state, "eval", f"retrain-{index:02d}", state.steps["retrain"]["model"])
     return state
+
+
+def _accepted_sources(run: Run, rounds: int) -> list[str]:
+    """The seed data and the synthesis outputs of the first `rounds` rounds that accepted anything
+    (a round that accepted nothing has no shards to learn from, and an empty source is an error)."""
+    outs = [record["out"] for record in (run.record(i, "synth") for i in range(rounds))
+            if record["summary"]["accepted"] > 0]
+    return list(run.cfg.seed_data) + outs
+
+
+def _synth_beside_retrain(run: Run, index: int, model: str, start: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`loop.overlap`: the retraining follows the round's synthesis while it runs (engine/overlap.py)."""
+    from engine import overlap
+
+    section = run.cfg.retrain or run.cfg.sft
+    with stage(f"round {index}: synth + retrain"):
+        return overlap.synth_and_retrain(
+            run.round_uri(index, "synth", "out"),
+            lambda: run.step(index, "synth", lambda: _synth(run, index, model), show=False),
+            lambda data, beside: run.step(index, "retrain", lambda: {
+                **_train(run, index, "retrain", section, data, start), "overlap": beside}, show=False),
+            fixed=_accepted_sources(run, index))
 
 
 def final_model_steps(rounds: list[RoundState], retrain_from: str) -> int:

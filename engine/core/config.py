@@ -358,6 +358,9 @@ class LoopConfig(Section):
         "process start-up per step), or as Ray work asking for `resources` (GPU clusters: configs/loop-gpu.yaml). "
         "Either way the generator actors are let go first whenever they hold what those steps need.")
     resources: LoopResources = LoopResources()
+    overlap: bool = Field(False, description="Start each round's retraining once its synthesis has committed a first "
+                          "partition and feed it the rest as they are committed (the trainer follows the job); "
+                          "needs placement: driver and CPU generators, which keep running beside the training.")
     grpo: GRPOSection = GRPOSection()
     sft: SFTSection = SFTSection()
     retrain: SFTSection | None = Field(None, description="SFT settings for retraining (default: the `sft` section).")
@@ -373,4 +376,15 @@ class LoopConfig(Section):
             missing.append("seed_data")
         if missing:
             raise ValueError(f"the loop needs {', '.join(missing)}")
+        if self.overlap:
+            self._check_overlap()
         return self
+
+    def _check_overlap(self) -> None:
+        if self.placement != "driver" or self.synth.generator_num_gpus > 0:
+            raise ValueError("overlap needs placement: driver and CPU generators (generator_num_gpus: 0): the "
+                             "generators keep their resources while the retraining runs")
+        retrain = self.retrain or self.sft
+        if retrain.max_steps <= 0 and retrain.warmup_ratio > 0:
+            raise ValueError("overlap: a retraining that follows synthesis has no step horizon to warm up over; "
+                             "set the retraining's warmup_ratio to 0 or give it max_steps")
