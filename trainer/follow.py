@@ -222,8 +222,16 @@ class FollowedSource:
                 "follow": {"partial_partition": list(position.partial) if position.partial else None,
                            "job_finished": self.job_finished, "timed_out": self.timed_out}}
 
+    def spent(self, global_step: int) -> bool:
+        """The stream has ended and `global_step` steps trained all of it."""
+        fed = self.lead_rows + sum(entry[1] for entry in self.fed)
+        return self.ended and global_step * self.rows_per_step >= fed
+
     def callback(self, out: Path):
-        """A TrainerCallback writing the position into each checkpoint folder before the trainer saves it."""
+        """A TrainerCallback writing the position into each checkpoint folder before the trainer saves it,
+        and ending training at the step that trained the stream's last row (the trainer reads one batch
+        ahead, so it knows by then): otherwise it would start an empty pass, seconds of work for nothing.
+        One process only: several ranks end together through the trainer's own end of data."""
         from transformers import TrainerCallback
 
         followed = self
@@ -235,6 +243,8 @@ class FollowedSource:
                     folder.mkdir(parents=True, exist_ok=True)
                     text = json.dumps(followed.position(state.global_step).as_json(), indent=1)
                     (folder / FOLLOW_STATE).write_text(text + "\n")
+                if args.world_size == 1 and followed.spent(state.global_step):  # ranks must stop together
+                    control.should_training_stop = True
                 return control
 
         return SavePosition()
