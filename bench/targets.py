@@ -120,4 +120,6 @@ DIAGNOSTICS: tuple[tuple[str, str], ...] = (
     ("synth", "synthesis retries"),
     ("synth", "synthesis decode-cache"),
     ("memory", "read bandwidth"),
+    ("loop_overlap", "loop overlap (replay)"),
+    ("loop_overlap", "loop overlap (hf)"),
 )
