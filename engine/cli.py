@@ -191,10 +191,12 @@ def _demo(args: argparse.Namespace) -> int:
     from engine.demo.runner import DemoSize, run_demo
 
     for flag in ("seed_size", "pool", "test"):
-        preflight.check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+        if getattr(args, flag) is not None:
+            preflight.check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     preflight.check_config_file(args.config)
     preflight.check_output(args.out)
-    size = DemoSize(seed=args.seed_size, pool=args.pool, test=args.test, perception_steps=args.perception_steps)
+    given = {"seed": args.seed_size, "pool": args.pool, "test": args.test, "perception_steps": args.perception_steps}
+    size = DemoSize(**{field: value for field, value in given.items() if value is not None})  # unset: DemoSize's
     summary = run_demo(args.out, size, **({"config_path": args.config} if args.config else {}))
     print(f"demo finished; report: {summary['report']}")
     return 0
@@ -290,11 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
     p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
-    p.add_argument("--seed-size", dest="seed_size", type=int, default=48, help="Faces with reference reasoning.")
-    p.add_argument("--pool", type=int, default=960, help="Labelled faces whose reasoning the loop synthesises.")
-    p.add_argument("--test", type=int, default=300, help="Held-out faces, rendered from their own seed.")
-    p.add_argument("--perception-steps", dest="perception_steps", type=int, default=300,
-                   help="Perception pretraining steps of the tiny model (0: none).")
+    p.add_argument("--seed-size", dest="seed_size", type=int, help="Faces with reference reasoning (default 48).")
+    p.add_argument("--pool", type=int, help="Labelled faces whose reasoning the loop synthesises (default 2,880).")
+    p.add_argument("--test", type=int, help="Held-out faces, rendered from their own seed (default 300).")
+    p.add_argument("--perception-steps", dest="perception_steps", type=int,
+                   help="Perception pretraining steps of the tiny model (0: none; default 300).")
     p.add_argument("--config", help="Loop YAML (default: configs/demo.yaml).")
     p.set_defaults(handler=_demo)
     return parser

@@ -252,7 +252,8 @@ _USAGE_ERRORS = ("engine.preflight:UsageError", "engine.core.config:ConfigError"
                  "engine.synth.input:JobMismatchError", "engine.synth.partition:InputChangedError",
                  "engine.loop:LoopStateError", "engine.data.lease:LeaseHeldError",
                  "engine.data.integrity:ShardIntegrityError")
-_OPERATIONAL_ERRORS = ("engine.data.retry:StorageUnavailableError", "engine.data.lease:LeaseLostError")
+_OPERATIONAL_ERRORS = ("engine.data.retry:StorageUnavailableError", "engine.data.lease:LeaseLostError",
+                       "engine.watch:RetrainingError")
 
 
 def _loaded(names: tuple[str, ...]) -> tuple[type, ...]:

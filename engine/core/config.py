@@ -325,6 +325,31 @@ class LoopResources(Section):
     eval_cpus: float = Field(1.0, gt=0.0, description="CPUs for an evaluation step.")
 
 
+# Settings every stage must share (the model is trained, rewarded, asked for data and evaluated alike),
+# and the loop sections that carry them.
+SHARED_STAGE_SETTINGS = {"prompt_style": ("sft", "retrain", "grpo", "synth", "eval"),
+                         "verifier": ("grpo", "synth", "eval")}
+
+
+def _comparable(value: Any) -> Any:
+    return tuple(sorted(value.model_dump().items())) if isinstance(value, BaseModel) else value
+
+
+def _with_shared(section: Any, name: str, key: str, value: Any) -> Any:
+    """`section` (a dict, a model or absent) with `key` set to the loop-level `value`."""
+    if isinstance(section, BaseModel):
+        fields = {k: getattr(section, k) for k in section.model_fields_set}
+    else:
+        fields = dict(section or {})
+    if key in fields and _comparable(_as_setting(key, fields[key])) != _comparable(_as_setting(key, value)):
+        raise ValueError(f"{name}.{key} differs from loop.{key}; declare it once, as loop.{key}")
+    return {**fields, key: value}
+
+
+def _as_setting(key: str, value: Any) -> Any:
+    return VerifierConfig.model_validate(value) if key == "verifier" and value is not None else value
+
+
 class LoopConfig(Section):
     """The self-improvement loop: seed SFT, then per round GRPO -> synthesis -> retraining -> evaluation.
 
@@ -361,11 +386,45 @@ class LoopConfig(Section):
     overlap: bool = Field(False, description="Start each round's retraining once its synthesis has committed a first "
                           "partition and feed it the rest as they are committed (the trainer follows the job); "
                           "needs placement: driver and CPU generators, which keep running beside the training.")
+    prompt_style: PromptStyleName | None = Field(
+        None, description="The one prompt template set of every stage (SFT, GRPO, synthesis, eval): the model must "
+        "be trained, rewarded, asked for data and evaluated with the same prompts. Unset: the stages' own values, "
+        "which must then agree.")
+    verifier: VerifierConfig | None = Field(
+        None, description="The one verifier of every stage that scores completions (GRPO rewards, the synthesis "
+        "filter, eval). Unset: the stages' own values, which must then agree.")
     grpo: GRPOSection = GRPOSection()
     sft: SFTSection = SFTSection()
     retrain: SFTSection | None = Field(None, description="SFT settings for retraining (default: the `sft` section).")
     synth: SynthConfig = SynthConfig()
     eval: EvalSection = EvalSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hand_down_shared(cls, data: Any) -> Any:
+        """Copies the loop-level shared settings into each stage section; a section that sets one of them
+        to another value is an error, so each is declared in one place."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key, sections in SHARED_STAGE_SETTINGS.items():
+            if data.get(key) is None:
+                continue
+            for name in sections:
+                if name == "retrain" and data.get(name) is None:  # no retrain section: the sft one serves
+                    continue
+                data[name] = _with_shared(data.get(name), name, key, data[key])
+        return data
+
+    @model_validator(mode="after")
+    def _stages_agree(self) -> "LoopConfig":
+        for key, sections in SHARED_STAGE_SETTINGS.items():
+            values = {name: getattr(section, key) for name in sections
+                      if (section := getattr(self, name)) is not None}
+            if len({_comparable(v) for v in values.values()}) > 1:
+                shown = ", ".join(f"{name}: {_comparable(v)}" for name, v in values.items())
+                raise ValueError(f"the stages disagree on {key} ({shown}); declare it once as loop.{key}")
+        return self
 
     @model_validator(mode="after")
     def _required(self) -> "LoopConfig":

@@ -23,7 +23,7 @@ TRAIN_FACES_SEED, TEST_FACES_SEED = 0, 1
 @dataclass(frozen=True)
 class DemoSize:
     seed: int = 48  # faces with reference reasoning
-    pool: int = 960  # labelled faces whose reasoning is synthesised
+    pool: int = 2880  # labelled faces whose reasoning is synthesised, 1,440 more each round
     test: int = 300  # held-out faces
     perception_steps: int = 300  # 0: no perception pretraining
 

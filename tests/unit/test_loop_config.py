@@ -44,3 +44,27 @@ def test_a_round_uses_its_model_with_the_section_settings_kept():
     section = ModelConfig(path="base", adapter="lora", dtype="bfloat16")
     assert ModelConfig.model_validate(_round_model(section, "round-02/merged")) == ModelConfig(
         path="round-02/merged", adapter=None, dtype="bfloat16")
+
+
+LOOP_PATHS = {"out": "o", "base_model": {"path": "m"}, "seed_data": ["s.jsonl"], "pool": "p.jsonl", "test": "t.jsonl"}
+
+
+def test_shared_settings_declared_once_reach_every_stage():
+    cfg = LoopConfig(**LOOP_PATHS, prompt_style="compact", verifier={"policy": "paper", "au_weight": 0.5},
+                     retrain={"learning_rate": 1e-3})
+    assert {s.prompt_style for s in (cfg.sft, cfg.retrain, cfg.grpo, cfg.synth, cfg.eval)} == {"compact"}
+    assert {(v.policy, v.au_weight) for v in (cfg.grpo.verifier, cfg.synth.verifier, cfg.eval.verifier)} == {
+        ("paper", 0.5)}
+    assert LoopConfig(**LOOP_PATHS, prompt_style="compact").retrain is None  # still "the sft section"
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"prompt_style": "compact", "sft": {"prompt_style": "full"}}, "sft.prompt_style differs from loop.prompt_style"),
+    ({"verifier": {"policy": "paper"}, "synth": {"verifier": {"policy": "strict"}}},
+     "synth.verifier differs from loop.verifier"),
+    ({"sft": {"prompt_style": "compact"}}, r"the stages disagree on prompt_style \(sft: compact, grpo: full"),
+    ({"grpo": {"verifier": {"au_weight": 0.0}}}, "the stages disagree on verifier"),
+])
+def test_stages_that_disagree_on_a_shared_setting_are_refused(stages, message):
+    with pytest.raises(ValueError, match=message):
+        LoopConfig(**LOOP_PATHS, **stages)
