@@ -44,11 +44,22 @@ class GeneratorFleet:
         self.actors, self.settings = _new_generators(cfg, job_id), settings
         return self.actors
 
-    def release(self) -> None:
+    def release(self, wait_seconds: float = 60.0) -> None:
+        """Kills the generators and waits until Ray reports their processes dead: Ray frees an actor's
+        GPU in its books at once, but vLLM's start-up check in the next step reads the device's free
+        memory, which only the process's exit returns."""
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        ids = {actor._actor_id.hex() for actor in self.actors}
+        deadline = time.monotonic() + wait_seconds
+        while ids and time.monotonic() < deadline:
+            ids = {i for i in ids if (ray._private.state.actors(actor_id=i) or {}).get("State") != "DEAD"}
+            if ids:
+                time.sleep(0.2)
+        if ids:
+            log.warning("%d generator(s) not reported dead %.0fs after release", len(ids), wait_seconds)
         self.actors, self.settings = [], None
 
 

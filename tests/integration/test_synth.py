@@ -443,6 +443,8 @@ def test_fleet_keeps_generator_actors_across_jobs_and_reloads_the_model(ray_loca
     finally:
         fleet.release()
     assert actor_ids[0] == actor_ids[1]
+    # release returns once the generators' processes are gone (their GPU memory back to the device)
+    assert {ray._private.state.actors(actor_id=i)["State"] for i in actor_ids[0]} == {"DEAD"}
     assert summaries[0]["model_ids"] != summaries[1]["model_ids"]  # reloaded, not restarted
     for summary in summaries:
         assert summary["inputs"] == summary["accepted"] + summary["rejected"] == 4
