@@ -88,6 +88,10 @@ TABLE: dict[str, dict[str, tuple[str, str]]] = {
     "model tiny": {
         "out_under_file": ("model tiny --out {jsonl}/model", "is a file"),
     },
+    "watch": {
+        "missing_config": ("watch --data {out} --config {missing}.yaml --min-new 4 --once", "no such file"),
+        "zero_size": ("watch --data {out} --config {missing}.yaml --min-new 0 --once", "--min-new"),
+    },
     "demo": {
         "zero_size": ("demo --out {out} --pool 0", "--pool"),
         "missing_config": ("demo --out {out} --config {missing}.yaml", "--config"),
