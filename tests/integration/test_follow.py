@@ -91,6 +91,22 @@ def _waiting(log: Path, process: subprocess.Popen) -> bool:
     return "waiting for the job to commit more partitions" in log.read_text() or process.poll() is not None
 
 
+def _train_while_the_job_commits(command: list[str], train_out: Path, job: HeldJob, log: Path) -> dict:
+    """Starts the following trainer, lets the held job commit everything once the trainer waits for
+    more, and returns the trainer's summary after it ends on its own."""
+    trainer = _start(command, log)
+    try:
+        wait_for(lambda: _waiting(log, trainer), 300, every=0.2)
+        assert trainer.poll() is None, log.read_text()[-3000:]
+        job.release()  # every partition is committed from here on, while the trainer runs
+        job.finish()
+        assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    return json.loads((train_out / "summary.json").read_text())
+
+
 def _checkpoints(out: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
 
@@ -117,18 +133,7 @@ def test_training_follows_a_running_job(where, request, tiny_model, faces, tmp_p
     out = _job_location(where, request, tmp_path)
     job = HeldJob(faces, tmp_path, out, n=12, partition_size=3, reject_every=4)
     command, train_out = _trainer(tiny_model, tmp_path, out)
-    log = tmp_path / "train.log"
-    trainer = _start(command, log)
-    try:
-        wait_for(lambda: _waiting(log, trainer), 300, every=0.2)
-        assert trainer.poll() is None, log.read_text()[-3000:]
-        job.release()  # every partition is committed from here on, while the trainer runs
-        job.finish()
-        assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-    summary = json.loads((train_out / "summary.json").read_text())
+    summary = _train_while_the_job_commits(command, train_out, job, tmp_path / "train.log")
     _assert_every_partition_once(summary, job)
     assert len(job.accepted_by_partition()) == 4
     assert (train_out / "merged" / "model.safetensors").exists()
@@ -201,17 +206,7 @@ def test_grpo_follows_a_running_job(tiny_model, faces, tmp_path):
     train_out = tmp_path / "train"
     command = [sys.executable, "-m", "engine.cli", "train", "grpo", "--config", str(config), "--data", out,
                "--model", str(tiny_model), "--out", str(train_out), "--follow", "--format", "wds"]
-    log = tmp_path / "train.log"
-    trainer = _start(command, log)
-    try:
-        wait_for(lambda: _waiting(log, trainer), 300, every=0.2)
-        job.release()
-        job.finish()
-        assert trainer.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-    summary = json.loads((train_out / "summary.json").read_text())
+    summary = _train_while_the_job_commits(command, train_out, job, tmp_path / "train.log")
     source = summary["data"]["sources"][0]
     assert sorted(source["partitions"]) == sorted(job.accepted_by_partition())
     assert source["rows"] == 6 and summary["global_step"] == 6
