@@ -54,7 +54,7 @@ def warm_imports() -> None:
     import transformers  # noqa: F401
     import trl  # noqa: F401
 
-    import engine.loop  # noqa: F401
+    import engine.loop.rounds  # noqa: F401
     import trainer.sft  # noqa: F401
 
 
@@ -75,7 +75,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 def run_round(section: dict[str, Any], overlap: bool) -> dict[str, Any]:
     from engine.core.config import LoopConfig
-    from engine.loop import run_loop
+    from engine.loop.rounds import run_loop
 
     cfg = LoopConfig.model_validate({**section, "overlap": overlap})
     with common.stopwatch() as t:

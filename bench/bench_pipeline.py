@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from engine.core.config import GenerationConfig, SynthConfig
-    from engine.raycluster import ensure_ray
+    from engine.cluster.connect import ensure_ray
     from engine.synth.job import run_synth
 
     info = common.machine()

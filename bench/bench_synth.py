@@ -500,7 +500,7 @@ def main() -> None:
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
-    from engine.raycluster import ensure_ray
+    from engine.cluster.connect import ensure_ray
 
     import torch
 

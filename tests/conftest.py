@@ -40,7 +40,7 @@ def ray_local(s3):
     """Started after `s3` so the workers inherit the S3 settings."""
     import ray
 
-    from engine.raycluster import ensure_ray
+    from engine.cluster.connect import ensure_ray
 
     started = ensure_ray(num_cpus=2)
     yield ray

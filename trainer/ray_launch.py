@@ -10,7 +10,7 @@ config), exactly as if launched by hand on each node:
 
 Every node must see the same --out path for checkpoints to be shared (a shared filesystem), or
 rank 0's node holds them. With --nodes 1 --gpus-per-node 0 it runs on CPU (used by the tests).
-The loop's `placement: ray` trains through `launch` (engine/placement.py), which reports where each
+The loop's `placement: ray` trains through `launch` (engine/loop/placement.py), which reports where each
 node's part ran.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def launch(fea_args: Sequence[str], *, nodes: int = 1, gpus_per_node: int = 0, c
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from engine.raycluster import ensure_ray
+    from engine.cluster.connect import ensure_ray
 
     started = ensure_ray()  # joins the cluster of a submitted job (RAY_ADDRESS), else a local one
     bundle = {"CPU": cpus_per_node, **({"GPU": gpus_per_node} if gpus_per_node else {})}

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.console import close_run_logging, print_summary, setup_run_logging, stage
+from engine.loop.console import close_run_logging, print_summary, setup_run_logging, stage
 from engine.core.config import LoopConfig, load_config
 from engine.demo.faces import write_face_set
 from engine.demo.tinymodel import MARKER_FILE, build_tiny_model
-from engine.loop import run_loop
+from engine.loop.rounds import run_loop
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 # Seed streams of the demo's face sets: training (seed set + pool) and test never share a face, and the

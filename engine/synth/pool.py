@@ -80,7 +80,7 @@ class ActorPool:
 
         from actors.filter import FilterActor
         from actors.writer import WriterActor
-        from engine.raycluster import ensure_ray
+        from engine.cluster.connect import ensure_ray
 
         t0 = time.monotonic()
         started = ensure_ray()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.cli import main
+from engine.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,7 +176,7 @@ def test_bad_storage_is_one_line_and_exit_2(command, kind, places, capsys, s3, m
 
 
 def test_every_command_has_a_bad_input_case():
-    from engine.cli import build_parser
+    from engine.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     covered = {c.split()[0] for c in TABLE}
@@ -186,7 +186,7 @@ def test_every_command_has_a_bad_input_case():
 def test_the_installed_command_exits_2_without_traceback_or_heavy_imports(places):
     """The real process: exit status, stderr, and that neither Ray nor torch was imported to find out."""
     argv = TABLE["synth"]["missing_model"][0].format(**places).split()
-    probe = ("import sys; from engine.cli import main; rc = main(sys.argv[1:]); "
+    probe = ("import sys; from engine.cli.main import main; rc = main(sys.argv[1:]); "
              "print(sorted(m for m in ('torch', 'ray', 'vllm', 'transformers') if m in sys.modules)); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=REPO,
                           timeout=60, env=dict(os.environ))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.data.dataset import iter_samples
 
 

@@ -182,7 +182,7 @@ def test_killed_then_resumed_feeds_every_partition_once(where, request, tiny_mod
     ("--follow --config {warmup}", "warm up"),
 ])
 def test_bad_follow_flags_are_one_line_errors(flags, message, tiny_model, faces, tmp_path, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
 
     warmup = tmp_path / "warmup.yaml"
     warmup.write_text(yaml.safe_dump({"sft": {"warmup_ratio": 0.1}}))

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = """
 import sys, time
 import ray
-from engine.raycluster import ensure_ray
+from engine.cluster.connect import ensure_ray
 
 ensure_ray(num_cpus=1)
 
@@ -49,14 +49,14 @@ def _start_driver(mode: str) -> tuple[subprocess.Popen, str]:
 
 
 def _session(driver: subprocess.Popen, temp_dir: str) -> list[psutil.Process]:
-    from engine.raywatch import session_processes
+    from engine.cluster.watchdog import session_processes
 
     return list(session_processes(psutil.Process(driver.pid), temp_dir).values())
 
 
 def _watchdog(driver: subprocess.Popen) -> psutil.Process:
     return next(p for p in psutil.Process(driver.pid).children()
-                if "engine.raywatch" in " ".join(p.cmdline()))
+                if "engine.cluster.watchdog" in " ".join(p.cmdline()))
 
 
 def _remaining(processes: list[psutil.Process], temp_dir: str) -> list[str]:

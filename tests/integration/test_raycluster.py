@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine.raycluster import _raylet_env
+from engine.cluster.connect import _raylet_env
 
 
 def test_workers_of_the_local_ray_inherit_the_worker_environment(ray_local, s3):

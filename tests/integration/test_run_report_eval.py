@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.loop_report import StageEval, build_summary, stage_row, write_run_report
+from engine.loop.report import StageEval, build_summary, stage_row, write_run_report
 from tests.support.run_report import loop_config, make_records, rounds_with_synthesis, write_test_set
 from trainer.eval import eval_config, run_eval
 
@@ -51,7 +51,7 @@ def test_report_and_summary_from_real_evaluation_folders(tmp_path):
 
 
 def test_run_log_and_stage_figures_with_the_run_folder_on_s3(s3, tmp_path):
-    from engine.console import close_run_logging, setup_run_logging, stage
+    from engine.loop.console import close_run_logging, setup_run_logging, stage
     from engine.data import storage
 
     run = f"s3://fea-test/report-{tmp_path.name}"

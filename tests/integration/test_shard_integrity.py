@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.data import shards, storage
 from engine.data.integrity import ShardIntegrityError
 from engine.synth.job import run_synth

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import cli
+from engine.cli import main as cli
 from engine.core.config import SynthConfig
 from engine.data import storage
 from engine.synth.job import run_synth
-from engine.watch import TRIGGERS, Watch, claim_next, read_records, record_uri
+from engine.loop.watch import TRIGGERS, Watch, claim_next, read_records, record_uri
 from tests.support.processes import kill_driver_and_children
 
 SFT = {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},

@@ -16,7 +16,7 @@ from PIL import Image
 from engine.core.config import LoopConfig
 from engine.core.types import PartitionCommit, Sample, sha256_hex
 from engine.data import shards
-from engine.loop_report import StageEval
+from engine.loop.report import StageEval
 from trainer.eval import prediction_rows
 from trainer.metrics import EvalRecord, compute_metrics, predict
 

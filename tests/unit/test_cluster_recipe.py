@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.cli import build_parser
+from engine.cli.main import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.console import is_known_noise, summary_lines
+from engine.loop.console import is_known_noise, summary_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ TRL_DICT = "{'loss': 0.4321, 'grad_norm': 1.25, 'learning_rate': 1e-05, 'epoch':
 def run_script(tmp_path: Path, body: str) -> tuple[subprocess.CompletedProcess, str]:
     prelude = textwrap.dedent(f"""
         import logging, os, sys, warnings
-        from engine.console import close_run_logging, print_summary, setup_run_logging, stage
+        from engine.loop.console import close_run_logging, print_summary, setup_run_logging, stage
         NOISE = {NOISE!r}
         logging.basicConfig(level=logging.INFO)  # a terminal handler on the root logger, as the demo has
         library = logging.getLogger("somelib")  # a library printing to stderr itself, as transformers does

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from engine.core.config import ConfigError, LoopConfig, ModelConfig, load_config
-from engine.loop import _round_model, held_out_score
+from engine.loop.rounds import _round_model, held_out_score
 from tests.support.config_files import header, launches_itself, unheld_values
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "configs").glob("*.yaml")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.loop_report import StageEval, build_summary, stage_row, write_run_report
-from engine.stage_stats import METRICS, MetricsMismatch, RecordStatistic, load_predictions
+from engine.loop.report import StageEval, build_summary, stage_row, write_run_report
+from engine.loop.stage_stats import METRICS, MetricsMismatch, RecordStatistic, load_predictions
 from tests.support.run_report import (AUS, LABELS, loop_config, make_records, rounds_with_synthesis, write_eval_dir,
                                       write_test_set)
 from trainer.metrics import EvalRecord, au_f1, compute_metrics, predict

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.core.scoring import score_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.data import dataset
 from engine.data.sources import import_manifest, load_manifest
 from engine.data.split import assign, split_dataset

@@ -11,7 +11,7 @@ from typing import Any
 from trainer import report
 from engine.data import storage
 from engine.core.config import LoopConfig
-from engine.stage_stats import load_predictions, metrics_with_intervals
+from engine.loop.stage_stats import load_predictions, metrics_with_intervals
 
 STEPS = ("sft_seed", "grpo", "synth", "retrain", "eval")
 CONTROL = "control"
@@ -208,7 +208,7 @@ def _stages_section(rows: Sequence[dict], control: dict | None) -> str:
 
 
 def _gallery_sections(cfg: LoopConfig, rounds: Sequence, final: StageEval, local: Path) -> list[tuple[str, str]]:
-    from engine.run_gallery import held_out_gallery, synthesized_gallery
+    from engine.loop.gallery import held_out_gallery, synthesized_gallery
 
     last = rounds[-1] if rounds else None
     synth_out = last.steps.get("synth", {}).get("out") if last is not None else None

@@ -39,7 +39,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         with _raylet_env(_local_raylet_env()):
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                      _temp_dir=temp_dir, log_to_driver=False)
-        from engine.raywatch import spawn
+        from engine.cluster.watchdog import spawn
 
         spawn(temp_dir)  # takes this Ray down with the driver, even when the driver is killed
     return True

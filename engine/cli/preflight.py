@@ -248,12 +248,12 @@ def check_loop(cfg) -> None:
 # Errors that mean "the input or the request is wrong" (exit 2) and errors that mean "the world
 # failed us, rerun later" (exit 1, no traceback either); anything else is a bug: exit 1 with a hint.
 # Named by module so that this module imports none of them.
-_USAGE_ERRORS = ("engine.preflight:UsageError", "engine.core.config:ConfigError",
+_USAGE_ERRORS = ("engine.cli.preflight:UsageError", "engine.core.config:ConfigError",
                  "engine.synth.input:JobMismatchError", "engine.synth.partition:InputChangedError",
-                 "engine.loop:LoopStateError", "engine.data.lease:LeaseHeldError",
+                 "engine.loop.rounds:LoopStateError", "engine.data.lease:LeaseHeldError",
                  "engine.data.integrity:ShardIntegrityError")
 _OPERATIONAL_ERRORS = ("engine.data.retry:StorageUnavailableError", "engine.data.lease:LeaseLostError",
-                       "engine.watch:RetrainingError")
+                       "engine.loop.watch:RetrainingError")
 
 
 def _loaded(names: tuple[str, ...]) -> tuple[type, ...]:

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine import preflight
+from engine.cli import preflight
 from engine.data import storage
 
 log = logging.getLogger(__name__)

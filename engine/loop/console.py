@@ -301,7 +301,7 @@ def _interval(row: Mapping[str, Any], metric: str) -> str:
 def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     """A few lines: each stage's accuracy and AU F1 with 95% intervals, control vs final, acceptance
     per round, wall time, where the report and the log are."""
-    from engine.loop_report import control_comparison
+    from engine.loop.report import control_comparison
 
     rows = [*summary.get("stages", []), *([summary["control"]] if summary.get("control") else [])]
     lines = [f"Held-out evaluation on {summary.get('test_n', '?')} faces (95% bootstrap intervals):"]

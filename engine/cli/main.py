@@ -9,8 +9,8 @@ import json
 import sys
 from typing import Any, Callable
 
-from engine import preflight
-from engine.watch import add_watch_parser
+from engine.cli import preflight
+from engine.loop.watch import add_watch_parser
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -179,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _loop(args: argparse.Namespace) -> int:
     from engine.core.config import LoopConfig, load_config
-    from engine.loop import run_loop_from_file
+    from engine.loop.rounds import run_loop_from_file
 
     preflight.check_config_file(args.config)
     preflight.check_loop(load_config(LoopConfig, args.config, section="loop"))

@@ -8,11 +8,11 @@
 Every step leaves OUT/round-NN/<step>/step.json, written once when the step is done; `--resume`
 skips finished steps and reruns the first unfinished one, which resumes on its own (synthesis from
 its commits, training from its last checkpoint). One Ray cluster serves every round. Training and
-evaluation run in this process or as Ray work with their own GPUs (`placement`, engine/placement.py);
+evaluation run in this process or as Ray work with their own GPUs (`placement`, engine/loop/placement.py);
 the generator actors are released before them whenever they hold what those steps need, and
 otherwise load each round's model with `reload` instead of being restarted. With `overlap`, a round's
 retraining starts once its synthesis has committed a first partition and follows the job
-(engine/overlap.py).
+(engine/loop/overlap.py).
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import placement
-from engine.console import stage
+from engine.loop import placement
+from engine.loop.console import stage
 from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
 from engine.data import storage
-from engine.loop_report import StageEval, build_summary, write_run_report
+from engine.loop.report import StageEval, build_summary, write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,8 @@ def _accepted_sources(run: Run, rounds: int) -> list[str]:
 
 
 def _synth_beside_retrain(run: Run, index: int, model: str, start: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`loop.overlap`: the retraining follows the round's synthesis while it runs (engine/overlap.py)."""
-    from engine import overlap
+    """`loop.overlap`: the retraining follows the round's synthesis while it runs (engine/loop/overlap.py)."""
+    from engine.loop import overlap
 
     section = run.cfg.retrain or run.cfg.sft
     with stage(f"round {index}: synth + retrain"):
@@ -299,7 +299,7 @@ def _run_rounds(run: Run, perception: dict[str, Any] | None) -> tuple[list[Round
 
 
 def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] | None = None) -> dict[str, Any]:
-    from engine.raycluster import ensure_ray
+    from engine.cluster.connect import ensure_ray
 
     started = time.monotonic()
     run = Run(cfg, resume)

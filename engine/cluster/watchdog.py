@@ -8,7 +8,7 @@ list of that Ray's processes (the driver's children started with its private tem
 descendants) and, once the driver is gone, stops the ones still there: SIGTERM, then SIGKILL. It
 touches nothing else, and it exits by itself once the driver has shut its Ray down.
 
-    python -m engine.raywatch DRIVER_PID TEMP_DIR
+    python -m engine.cluster.watchdog DRIVER_PID TEMP_DIR
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ TERM_GRACE_SECONDS = 2.0
 
 def spawn(temp_dir: str) -> subprocess.Popen:
     """Start the watchdog for this process's private Ray in `temp_dir`."""
-    return subprocess.Popen([sys.executable, "-m", "engine.raywatch", str(os.getpid()), temp_dir],
+    return subprocess.Popen([sys.executable, "-m", "engine.cluster.watchdog", str(os.getpid()), temp_dir],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

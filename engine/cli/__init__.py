@@ -1,0 +1,1 @@
+"""The `fea` command: its parser (main.py) and the checks each command makes before it starts (preflight.py)."""
