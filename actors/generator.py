@@ -33,7 +33,7 @@ class GeneratorActor:
         self.worker.submit(self._load, model, adapter).result()
 
     def _load(self, model: str | None, adapter: str | None) -> str:
-        from engine import backends
+        from engine.backends.base import create
         from engine.data import storage
 
         if self.backend is not None:
@@ -41,7 +41,7 @@ class GeneratorActor:
             self.backend = None
         model_dir = storage.materialize(model) if model else None  # s3:// copied once per node
         adapter_dir = storage.materialize(adapter) if adapter else None
-        self.backend = backends.create(self.backend_name, model_dir, adapter_dir, self.gen_cfg, self.dtype)
+        self.backend = create(self.backend_name, model_dir, adapter_dir, self.gen_cfg, self.dtype)
         return self.backend.model_id
 
     def _condition(self) -> asyncio.Condition:

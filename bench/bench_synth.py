@@ -178,10 +178,10 @@ def bare_hf(model: str, requests: list, max_new_tokens: int, batch_size: int) ->
 def bare_hf_backend(model: str, requests: list, max_new_tokens: int, batch_size: int) -> Any:
     """The engine's hf backend called in this process, batch by batch: the engine without Ray, filter
     and writer, so that its ratio is the cost of the pipeline around the backend."""
-    from engine import backends
+    from engine.backends.base import create
     from engine.core.types import SamplingParams
 
-    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size))
+    backend = create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size))
     params = SamplingParams(max_new_tokens=max_new_tokens)
 
     def once() -> dict[str, Any]:
@@ -319,11 +319,11 @@ def part_scaling(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
 def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
     """Where hf generation time goes: the engine's hf backend in this process, batch 1 vs batch 16,
     prefill alone (1 new token) and with 64 / 256 new tokens, attempt-0 prompts."""
-    from engine import backends
+    from engine.backends.base import create
     from engine.core.types import SamplingParams
 
     requests = first_prompts(common.face_set(64), 16)
-    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=16))
+    backend = create("hf", model, None, GenerationConfig(backend="hf", batch_size=16))
     rows = []
     for batch in (1, 16):
         for new_tokens in (1, 64, 256):
@@ -352,13 +352,13 @@ def part_anatomy(args, model: str) -> tuple[list[dict], list[dict], list[str]]:
 
 def retries_setup(model: str, batch_size: int, decode_cache_mb: int):
     """The engine's hf backend in this process and the samples of one batch with their gold labels."""
-    from engine import backends
+    from engine.backends.base import create
     from engine.core.facs import label_set_for
     from engine.synth.judge import Gold
 
     samples = common.load_samples(common.face_set(64), limit=max(16, batch_size))
     golds = [Gold(s.aus, s.labels, label_set_for(s.dataset)) for s in samples]
-    backend = backends.create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size,
+    backend = create("hf", model, None, GenerationConfig(backend="hf", batch_size=batch_size,
                                                                   decode_cache_mb=decode_cache_mb))
     return backend, samples, golds
 

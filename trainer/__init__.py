@@ -5,8 +5,8 @@
 - common.py    model loading, LoRA / full fine-tuning, TrainingArguments, checkpoints, final save
 - sft.py       run_sft(SFTSection): one SFT run, top to bottom
 - grpo.py      run_grpo(GRPOSection): one GRPO run, top to bottom
-- run.py       run_training(...): `fea train sft|grpo` (config file + flags)
+- run.py       training_config(...) and train(stage, config): `fea train sft|grpo` (config file + flags)
 - metrics.py   the paper's metrics as pure functions
-- eval.py      run_eval(EvalSection) / run_eval_cli(...): `fea eval` (backend generation, metrics, report)
+- eval.py      run_eval(EvalSection): `fea eval` (backend generation, metrics, report)
 - ray_launch.py  `accelerate launch` on every node of a Ray cluster, submitted as a Ray job
 """

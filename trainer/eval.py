@@ -34,11 +34,6 @@ def eval_config(data: str | None = None, model: str | None = None, out: str | No
     return load_config(EvalSection, config_path, overrides, section="eval" if config_path else None)
 
 
-def run_eval_cli(data: str | None, model: str | None, out: str | None, backend: str | None = None,
-                 config_path: str | None = None, limit: int | None = None) -> dict[str, Any]:
-    return run_eval(eval_config(data, model, out, backend, config_path, limit))
-
-
 # ---------------------------------------------------------------- generation
 def _chunks(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
     while chunk := list(islice(samples, size)):
@@ -49,7 +44,7 @@ def generate_records(cfg: EvalSection) -> list[EvalRecord]:
     """Every test sample with its completion, generated greedily (by default) with no label hint."""
     from tqdm import tqdm
 
-    from engine.backends import create
+    from engine.backends.base import create
     from engine.data.dataset import iter_samples
     from engine.core.prompts import make_request
 

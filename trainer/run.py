@@ -16,13 +16,17 @@ SECTIONS = {"sft": SFTSection, "grpo": GRPOSection}
 def training_config(stage: str, *, data: Sequence[str] | None = None, weights: Sequence[float] | None = None,
                     model: str | None = None, out: str | None = None, config_path: str | None = None,
                     max_steps: int | None = None, shard_format: str | None = None, follow: bool = False,
-                    follow_timeout: float | None = None) -> SFTSection | GRPOSection:
-    """The stage's section of `config_path` (paper defaults without one), flags overriding it.
+                    follow_timeout: float | None = None,
+                    overrides: dict[str, Any] | None = None) -> SFTSection | GRPOSection:
+    """The stage's section of `config_path` (paper defaults without one), then `overrides` (dotted keys, as
+    the command line's config flags give them), then the named arguments.
     --data replaces the file's sources; --weights gives their mixing weights (default equal);
     --format, --follow and --follow-timeout apply to every source."""
     if stage not in SECTIONS:
         raise ValueError(f"unknown training stage {stage!r}; expected one of {sorted(SECTIONS)}")
-    overrides: dict[str, Any] = {"model.path": model, "out": out, "max_steps": max_steps}
+    overrides = {**(overrides or {}), **{key: value for key, value in
+                                         {"model.path": model, "out": out, "max_steps": max_steps}.items()
+                                         if value is not None}}
     if data:
         if weights is not None and len(weights) != len(data):
             raise ValueError(f"{len(weights)} weights for {len(data)} data sources")
@@ -48,8 +52,12 @@ def run_training(stage: str, data: Sequence[str] | None, model: str | None, out:
                  config_path: str | None = None, resume: bool = False, max_steps: int | None = None,
                  weights: Sequence[float] | None = None, **source_flags: Any) -> dict[str, Any]:
     """`source_flags`: shard_format, follow, follow_timeout (see `training_config`)."""
-    cfg = training_config(stage, data=data, weights=weights, model=model, out=out, config_path=config_path,
-                          max_steps=max_steps, **source_flags)
+    return train(stage, training_config(stage, data=data, weights=weights, model=model, out=out,
+                                        config_path=config_path, max_steps=max_steps, **source_flags), resume=resume)
+
+
+def train(stage: str, cfg: SFTSection | GRPOSection, resume: bool = False) -> dict[str, Any]:
+    """One SFT or GRPO run with a resolved config; its summary."""
     if not cfg.out:
         raise ValueError("no output folder (--out or out in the config)")
     if storage.is_s3(cfg.out):

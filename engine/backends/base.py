@@ -1,31 +1,19 @@
 """The generator backend interface and its registry.
 
 A backend turns backend-neutral GenerationRequests (chat messages + one image) into completions.
-Backends are looked up by name; their modules are imported only when asked for, so choosing `hf`
-never imports vLLM. Adding a backend is one module with a `@register("name")` class plus one line in
-`_MODULES`.
+Backends are looked up by name in registry.py, which imports their modules only when one is created.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from engine.backends.registry import backend_class
+from engine.core.config import GenerationConfig
 from engine.core.types import Attempt, GenerationRequest, SamplingParams
-
-if TYPE_CHECKING:
-    from engine.core.config import GenerationConfig
-
-# name -> module that registers it (imported lazily by `create`)
-_MODULES = {
-    "hf": "engine.backends.hf",
-    "vllm": "engine.backends.vllm",
-    "replay": "engine.backends.replay",
-}
-_REGISTRY: dict[str, type] = {}
 
 
 @runtime_checkable
@@ -33,7 +21,7 @@ class Backend(Protocol):
     name: str
     model_id: str  # provenance: which weights produced the completions
 
-    def load(self, model_dir: str | None, adapter: str | None, gen_cfg: "GenerationConfig",
+    def load(self, model_dir: str | None, adapter: str | None, gen_cfg: GenerationConfig,
              dtype: str = "auto") -> None: ...
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[Attempt]]:
@@ -48,33 +36,11 @@ class Backend(Protocol):
         ...
 
 
-B = TypeVar("B", bound=type)
-
-
-def register(name: str) -> Callable[[B], B]:
-    def decorate(cls: B) -> B:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def available() -> list[str]:
-    return sorted(_MODULES)
-
-
 def create(name: str, model_dir: str | None = None, adapter: str | None = None,
-           gen_cfg: "GenerationConfig | None" = None, dtype: str = "auto") -> Backend:
+           gen_cfg: GenerationConfig | None = None, dtype: str = "auto") -> Backend:
     """A loaded backend called `name` (model_dir is a local folder; adapter an optional LoRA folder;
     dtype as `model.dtype`: auto, float32, bfloat16, float16)."""
-    if name not in _MODULES:
-        raise ValueError(f"unknown generator backend {name!r}; known: {', '.join(available())}")
-    if name not in _REGISTRY:
-        importlib.import_module(_MODULES[name])
-    from engine.core.config import GenerationConfig
-
-    backend = _REGISTRY[name]()
+    backend = backend_class(name)()
     backend.load(model_dir, adapter, gen_cfg or GenerationConfig(backend=name), dtype)
     return backend
 

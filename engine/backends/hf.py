@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from engine.backends import hf_decode
-from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
+from engine.backends.base import decode_image, error_attempts, model_fingerprint
 from engine.backends.tokens import blocked_token_ids
 from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 MAX_PADDING = 0.2
 
 
-@register("hf")
 class HFBackend:
     name = "hf"
 

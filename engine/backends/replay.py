@@ -12,13 +12,12 @@ import io
 import json
 from collections import defaultdict
 
-from engine.backends.base import error_attempts, register
+from engine.backends.base import error_attempts
 from engine.core.types import Attempt, GenerationRequest, SamplingParams
 
 REQUIRED_COLUMNS = ("sample_id", "attempt", "completion")
 
 
-@register("replay")
 class ReplayBackend:
     name = "replay"
 

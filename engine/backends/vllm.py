@@ -19,7 +19,7 @@ import threading
 import uuid
 from typing import Any, Coroutine
 
-from engine.backends.base import decode_image, error_attempts, model_fingerprint, register
+from engine.backends.base import decode_image, error_attempts, model_fingerprint
 from engine.backends.tokens import blocked_token_ids
 from engine.core.types import Attempt, GenerationRequest, SamplingParams, sha256_hex
 
@@ -111,7 +111,6 @@ class _EngineLoop:
             self.loop.close()
 
 
-@register("vllm")
 class VLLMBackend:
     name = "vllm"
 

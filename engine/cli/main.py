@@ -1,5 +1,7 @@
 """`fea ...`: each subcommand parses its flags and calls one library function.
 
+The commands that run a configured stage (synth, train, eval, loop, demo) take their flags from the
+pydantic config tree (config_flags.py): `--generation.max_new_tokens 512`, with a few short aliases.
 Heavy modules (torch, ray, vllm, trl) are imported inside the handlers so `fea --help` stays instant.
 """
 from __future__ import annotations
@@ -10,6 +12,9 @@ import sys
 from typing import Any, Callable
 
 from engine.cli import preflight
+from engine.cli.config_flags import (ConfigCommand, add_config_flags, field_choices, flag_overrides,
+                                     print_config_if_asked, resolve_config)
+from engine.core.config import DataSource, EvalSection, GRPOSection, LoopConfig, SFTSection, SynthConfig, VerifierConfig
 from engine.loop.watch import add_watch_parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -86,71 +91,58 @@ def _model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- synthesis
-SYNTH_FLAGS = {  # flag -> dotted config key
-    "input": "input", "image_root": "image_root", "out": "out", "model": "model.path", "adapter": "model.adapter",
-    "backend": "generation.backend", "generators": "generators", "filters": "filters",
-    "max_retries": "max_retries", "max_new_tokens": "generation.max_new_tokens", "policy": "verifier.policy",
-    "partition_size": "partition_size", "batch_size": "generation.batch_size", "progress": "progress",
-    "replay_path": "generation.replay_path", "job_id": "job_id",
-}
+# ---------------------------------------------------------------- configured stages
+SYNTH = ConfigCommand(SynthConfig, "synth", aliases={
+    "--model": "model.path", "--adapter": "model.adapter", "--backend": "generation.backend",
+    "--image-root": "image_root", "--replay-path": "generation.replay_path", "--max-retries": "max_retries",
+    "--max-new-tokens": "generation.max_new_tokens", "--batch-size": "generation.batch_size",
+    "--partition-size": "partition_size", "--policy": "verifier.policy", "--job-id": "job_id"})
+TRAIN_ALIASES = {"--model": "model.path", "--max-steps": "max_steps"}
+TRAIN = {"sft": ConfigCommand(SFTSection, "sft", TRAIN_ALIASES, handled=frozenset({"data"})),
+         "grpo": ConfigCommand(GRPOSection, "grpo", TRAIN_ALIASES, handled=frozenset({"data"}))}
+EVAL = ConfigCommand(EvalSection, "eval", aliases={"--model": "model.path", "--backend": "generation.backend"})
+LOOP = ConfigCommand(LoopConfig, "loop")
+# the demo sets its run folder, model and data itself; its --pool and --test are sizes
+DEMO = ConfigCommand(LoopConfig, "loop", handled=frozenset({"out", "base_model.path", "seed_data", "pool", "test"}))
 
 
 def _synth(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.core.config import SynthConfig, load_config
     from engine.synth.job import run_synth
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = {key: getattr(args, flag) for flag, key in SYNTH_FLAGS.items()}
-    if args.no_hint:
-        overrides["hint"] = False
     preflight.check_config_file(args.config)
-    cfg = load_config(SynthConfig, args.config, overrides, section="synth" if args.config else None)
+    cfg = resolve_config(args, SYNTH, {"hint": False} if args.no_hint else None)
+    if print_config_if_asked(args, cfg):
+        return 0
     preflight.check_synth(cfg)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _print_json(run_synth(cfg, wait_for_lease=args.wait))
     return 0
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="Generate, filter and commit reasoning for labelled images.")
-    p.add_argument("--config", help="YAML file with a `synth:` section; flags override it.")
-    p.add_argument("--input", help="Canonical Parquet dataset or FEA-20K JSONL (local or s3://).")
-    p.add_argument("--image-root", dest="image_root", help="Image folder for JSONL input.")
-    p.add_argument("--model", help="Model folder (local or s3://).")
-    p.add_argument("--adapter", help="Optional LoRA adapter folder.")
-    p.add_argument("--out", help="Output prefix (local or s3://).")
-    p.add_argument("--backend", choices=["hf", "vllm", "replay"])
-    p.add_argument("--replay-path", dest="replay_path", help="Stored completions for the replay backend.")
-    p.add_argument("--generators", type=int)
-    p.add_argument("--filters", type=int)
-    p.add_argument("--max-retries", dest="max_retries", type=int)
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--partition-size", dest="partition_size", type=int)
-    p.add_argument("--policy", choices=["strict", "paper"])
-    p.add_argument("--progress", choices=["auto", "bar", "log", "off"])
-    p.add_argument("--job-id", dest="job_id")
-    p.add_argument("--no-hint", action="store_true", help="Prompt without the label 'ground truth' block.")
+    p = _add_parser(sub, "synth", "Generate, filter and commit reasoning for labelled images.")
+    add_config_flags(p, SYNTH)
+    p.add_argument("--no-hint", action="store_true", help="Prompt without the label 'ground truth' block (hint: false).")
     p.add_argument("--wait", action="store_true",
                    help="When another driver is writing --out, wait for it to finish instead of refusing.")
     p.set_defaults(handler=_synth)
 
 
-# ---------------------------------------------------------------- training, evaluation, loop
 def _train(args: argparse.Namespace) -> int:
-    from trainer.run import run_training, training_config
-
     from trainer.data import check_sources
+    from trainer.run import train, training_config
 
     preflight.check_config_file(args.config)
-    source_flags = {"shard_format": args.format, "follow": args.follow, "follow_timeout": args.follow_timeout}
     try:
-        cfg = training_config(args.stage, data=args.data, weights=args.weights, model=args.model, out=args.out,
-                              config_path=args.config, max_steps=args.max_steps, **source_flags)
+        cfg = training_config(args.stage, config_path=args.config, overrides=flag_overrides(args), data=args.data,
+                              weights=args.weights, shard_format=args.format, follow=args.follow,
+                              follow_timeout=args.follow_timeout)
     except ValueError as err:  # --weights that do not fit --data (a ConfigError is a ValueError too)
         raise preflight.UsageError(str(err)) from None
+    if print_config_if_asked(args, cfg):
+        return 0
     preflight.check_training(cfg)
     if any(source.follow for source in cfg.data):  # the partitions it reads and its waits are logged
         import logging
@@ -160,30 +152,50 @@ def _train(args: argparse.Namespace) -> int:
         check_sources(cfg.data)  # --format wds, partitions, --follow: synthesis outputs only
     except ValueError as err:
         raise preflight.UsageError(str(err)) from None
-    _print_json(run_training(args.stage, data=args.data, model=args.model, out=args.out,
-                             config_path=args.config, resume=args.resume, max_steps=args.max_steps,
-                             weights=args.weights, **source_flags))
+    _print_json(train(args.stage, cfg, resume=args.resume))
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = _add_parser(sub, "train", "SFT or GRPO on committed shards (TRL + PEFT).")
+    stages = p.add_subparsers(dest="stage", required=True)
+    for stage, command in TRAIN.items():
+        s = _add_parser(stages, stage, f"{stage.upper()} (the `{stage}:` section of --config; flags override it).")
+        s.add_argument("--data", nargs="+", help="Synthesis outputs, canonical datasets or FEA-20K JSONL (local or "
+                       "s3://); replaces the config's sources.")
+        s.add_argument("--weights", nargs="+", type=float, help="Mixing weight per --data source (default: equal).")
+        s.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
+        s.add_argument("--format", choices=field_choices(DataSource, "format"), help="Shards read from synthesis outputs: Parquet "
+                       "(the default) or the WebDataset tars.")
+        s.add_argument("--follow", action="store_true", help="Also train on partitions committed after training "
+                       "started, until the synthesis job at --data has written its summary (one source).")
+        s.add_argument("--follow-timeout", dest="follow_timeout", type=float, metavar="SECONDS",
+                       help="With --follow: stop waiting for the job after this many seconds.")
+        add_config_flags(s, command)
+        s.set_defaults(handler=_train)
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from trainer.eval import eval_config, run_eval_cli
+    from trainer.eval import run_eval
 
     preflight.check_config_file(args.config)
-    preflight.check_positive(args.limit, "--limit")
-    preflight.check_eval(eval_config(args.data, args.model, args.out, args.backend, args.config, args.limit))
-    _print_json(run_eval_cli(data=args.data, model=args.model, out=args.out, backend=args.backend,
-                             config_path=args.config, limit=args.limit))
+    cfg = resolve_config(args, EVAL)
+    if print_config_if_asked(args, cfg):
+        return 0
+    preflight.check_eval(cfg)
+    _print_json(run_eval(cfg))
     return 0
 
 
 def _loop(args: argparse.Namespace) -> int:
-    from engine.core.config import LoopConfig, load_config
-    from engine.loop.rounds import run_loop_from_file
+    from engine.loop.rounds import run_loop
 
     preflight.check_config_file(args.config)
-    preflight.check_loop(load_config(LoopConfig, args.config, section="loop"))
-    _print_json(run_loop_from_file(args.config, resume=args.resume))
+    cfg = resolve_config(args, LOOP)
+    if print_config_if_asked(args, cfg):
+        return 0
+    preflight.check_loop(cfg)
+    _print_json(run_loop(cfg, resume=args.resume))
     return 0
 
 
@@ -197,30 +209,36 @@ def _demo(args: argparse.Namespace) -> int:
     preflight.check_output(args.out)
     given = {"seed": args.seed_size, "pool": args.pool, "test": args.test, "perception_steps": args.perception_steps}
     size = DemoSize(**{field: value for field, value in given.items() if value is not None})  # unset: DemoSize's
-    summary = run_demo(args.out, size, **({"config_path": args.config} if args.config else {}))
+    summary = run_demo(args.out, size, overrides=flag_overrides(args),
+                       **({"config_path": args.config} if args.config else {}))
     print(f"demo finished; report: {summary['report']}")
     return 0
 
 
+def _add_parser(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fea", description="Facial-R1 engine: synthesis, training, evaluation.")
+    parser = argparse.ArgumentParser(prog="fea", description="Facial-R1 engine: synthesis, training, evaluation.",
+                                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="Show the traceback of an error (any position).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("score", help="Score completions in an FEA-20K JSONL file with the verifier.")
+    p = _add_parser(sub, "score", "Score completions in an FEA-20K JSONL file with the verifier.")
     p.add_argument("input")
     p.add_argument("--out", required=True)
-    p.add_argument("--policy", choices=["strict", "paper"], default="strict")
+    p.add_argument("--policy", choices=field_choices(VerifierConfig, "policy"), default="strict")
     p.set_defaults(handler=_score)
 
-    p = sub.add_parser("import", help="FEA-20K JSONL + images -> canonical Parquet (with quarantine).")
+    p = _add_parser(sub, "import", "FEA-20K JSONL + images -> canonical Parquet (with quarantine).")
     p.add_argument("--jsonl", help="One source's JSONL (with --image-root).")
     p.add_argument("--image-root", dest="image_root")
     p.add_argument("--manifest", help="sources.yaml listing many sources (name, jsonl, image_root, dataset).")
     p.add_argument("--out", required=True, help="Local folder or s3:// prefix.")
     p.set_defaults(handler=_import)
 
-    p = sub.add_parser("split", help="A labelled dataset -> OUT/seed, OUT/pool (no reasoning), OUT/test.")
+    p = _add_parser(sub, "split", "A labelled dataset -> OUT/seed, OUT/pool (no reasoning), OUT/test.")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True, help="Local folder or s3:// prefix.")
     size = p.add_mutually_exclusive_group(required=True)
@@ -231,21 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="The same seed gives the same split.")
     p.set_defaults(handler=_split)
 
-    p = sub.add_parser("export", help="Committed synthesis output -> FEA-20K JSONL with images beside it.")
+    p = _add_parser(sub, "export", "Committed synthesis output -> FEA-20K JSONL with images beside it.")
     p.add_argument("uri")
     p.add_argument("--out", required=True)
     p.add_argument("--rejected", action="store_true", help="Export the rejected samples instead.")
     p.set_defaults(handler=_export)
 
-    p = sub.add_parser("faces", help="Render a synthetic labelled face set (FEA-20K JSONL + images).")
+    p = _add_parser(sub, "faces", "Render a synthetic labelled face set (FEA-20K JSONL + images).")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_faces)
 
-    p = sub.add_parser("model", help="Build models offline.")
+    p = _add_parser(sub, "model", "Build models offline.")
     msub = p.add_subparsers(dest="model_command", required=True)
-    t = msub.add_parser("tiny", help="A tiny random Qwen2.5-VL with a locally trained tokenizer.")
+    t = _add_parser(msub, "tiny", "A tiny random Qwen2.5-VL with a locally trained tokenizer.")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--perception-steps", dest="perception_steps", type=int, default=0,
@@ -255,49 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_synth(sub)
 
-    p = sub.add_parser("train", help="SFT or GRPO on committed shards (TRL + PEFT).")
-    p.add_argument("stage", choices=["sft", "grpo"])
-    p.add_argument("--data", nargs="+", help="Synthesis outputs, canonical datasets or FEA-20K JSONL (local or s3://); "
-                   "replaces the config's sources.")
-    p.add_argument("--weights", nargs="+", type=float, help="Mixing weight per --data source (default: equal).")
-    p.add_argument("--model", help="Base model folder (local or s3://).")
-    p.add_argument("--out", help="Local output folder.")
-    p.add_argument("--config", help="YAML file with a `sft:` or `grpo:` section; flags override it.")
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
-    p.add_argument("--format", choices=["parquet", "wds"], help="Shards read from synthesis outputs: Parquet "
-                   "(the default) or the WebDataset tars.")
-    p.add_argument("--follow", action="store_true", help="Also train on partitions committed after training "
-                   "started, until the synthesis job at --data has written its summary (one source).")
-    p.add_argument("--follow-timeout", dest="follow_timeout", type=float, metavar="SECONDS",
-                   help="With --follow: stop waiting for the job after this many seconds.")
-    p.set_defaults(handler=_train)
+    _add_train(sub)
 
-    p = sub.add_parser("eval", help="Generate without hints and compute the paper's metrics.")
-    p.add_argument("--data", help="Test set: synthesis output, canonical dataset or FEA-20K JSONL (local or s3://).")
-    p.add_argument("--model", help="Model folder (local or s3://); not needed with the replay backend.")
-    p.add_argument("--out", help="Local folder for metrics.json, predictions.jsonl, report.md and plots/.")
-    p.add_argument("--backend", choices=["hf", "vllm", "replay"],
-                   help="Generator backend (default: the config's, else hf); replay re-scores stored completions.")
-    p.add_argument("--config", help="YAML file with an `eval:` section.")
-    p.add_argument("--limit", type=int, help="Evaluate the first N samples only.")
+    p = _add_parser(sub, "eval", "Generate without hints and compute the paper's metrics.")
+    add_config_flags(p, EVAL)
     p.set_defaults(handler=_eval)
 
-    p = sub.add_parser("loop", help="Run Facial-R1 self-improvement rounds.")
-    p.add_argument("--config", required=True)
-    p.add_argument("--resume", action="store_true")
+    p = _add_parser(sub, "loop", "Run Facial-R1 self-improvement rounds.")
+    add_config_flags(p, LOOP)
+    p.add_argument("--resume", action="store_true", help="Continue the run in the config's out where it stopped.")
     p.set_defaults(handler=_loop)
 
     add_watch_parser(sub)
 
-    p = sub.add_parser("demo", help="The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
+    p = _add_parser(sub, "demo", "The embedded default: tiny model, synthetic faces, local Ray, two rounds.")
     p.add_argument("--out", default="demo-out", help="Run folder; rerunning with the same folder resumes.")
     p.add_argument("--seed-size", dest="seed_size", type=int, help="Faces with reference reasoning (default 48).")
     p.add_argument("--pool", type=int, help="Labelled faces whose reasoning the loop synthesises (default 2,880).")
     p.add_argument("--test", type=int, help="Held-out faces, rendered from their own seed (default 300).")
     p.add_argument("--perception-steps", dest="perception_steps", type=int,
                    help="Perception pretraining steps of the tiny model (0: none; default 300).")
-    p.add_argument("--config", help="Loop YAML (default: configs/demo.yaml).")
+    add_config_flags(p, DEMO, print_config=False)
     p.set_defaults(handler=_demo)
     return parser
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.backends.registry import BACKENDS
+
 
 def _template_name(name: str) -> str:
     from engine.core.templates import is_template_name, resolve
@@ -68,7 +70,8 @@ class VerifierConfig(Section):
 
 
 class GenerationConfig(Section):
-    backend: Literal["hf", "vllm", "replay"] = Field("hf", description="Generator backend.")
+    backend: Literal[tuple(BACKENDS)] = Field(  # type: ignore[valid-type]  # the registry's names
+        "hf", description="Generator backend (engine/backends/registry.py).")
     max_new_tokens: int = Field(256, ge=1, description="Tokens generated per attempt at most.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the official synthesis: infer_emotion.py "
                                                          "do_sample=False).")
@@ -160,7 +163,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         return cls.model_validate(tree)
     except ValidationError as err:
         where = f" in {path}" if path else ""
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        lines = [": ".join(filter(None, (".".join(str(p) for p in e["loc"]), e["msg"]))) for e in err.errors()]
         raise ConfigError(f"invalid {cls.__name__}{where}:\n  " + "\n  ".join(lines)) from None
 
 

@@ -333,7 +333,3 @@ def run_loop(cfg: LoopConfig, resume: bool = False, perception: dict[str, Any] |
                             wall_seconds=time.monotonic() - started, existing=existing)
     storage.write_json(storage.join(cfg.out, "summary.json"), summary)
     return summary
-
-
-def run_loop_from_file(config_path: str, resume: bool = False) -> dict[str, Any]:
-    return run_loop(load_config(LoopConfig, config_path, section="loop"), resume=resume)

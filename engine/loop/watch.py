@@ -298,7 +298,8 @@ def run_watch(args: argparse.Namespace) -> int:
 
 
 def add_watch_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("watch", help="Retrain (SFT) whenever enough new accepted samples are committed.")
+    text = "Retrain (SFT) whenever enough new accepted samples are committed."
+    p = subparsers.add_parser("watch", help=text, description=text, allow_abbrev=False)
     p.add_argument("--data", nargs="+", required=True, help="Synthesis output prefixes to watch (local or s3://).")
     p.add_argument("--min-new", dest="min_new", type=int, required=True,
                    help="Retrain once this many accepted samples were committed since the last retraining.")

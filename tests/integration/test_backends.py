@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from engine import backends
+from engine.backends.base import create
 from engine.core.config import GenerationConfig
 from engine.data.dataset import load_input
 from engine.core.prompts import make_request
@@ -33,7 +33,7 @@ def assert_one_result_per_request(requests, results, n=1):
 
 
 def test_hf_regroups_by_prompt_length_and_answers_in_request_order(tiny_model, mixed_requests):
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
     try:
         results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=2))
     finally:
@@ -46,7 +46,7 @@ def test_hf_regroups_by_prompt_length_and_answers_in_request_order(tiny_model, m
 
 
 def test_hf_samples_n_completions_per_request(tiny_model, mixed_requests):
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=4))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=4))
     try:
         results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=12, temperature=1.0, n=2, seed=3))
     finally:
@@ -91,7 +91,7 @@ def assert_equal_to_plain_generate(backend, requests, results, plain_generate, m
 def test_hf_batched_greedy_completions_equal_plain_generate_one_at_a_time(tiny_model, mixed_requests, plain_generate):
     """Batching, per-prompt prefill, batched decoding and the grouped-query decode attention change
     the cost, not the tokens."""
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=6))
     try:
         results = backend.generate(mixed_requests, SamplingParams(max_new_tokens=24))
         assert_equal_to_plain_generate(backend, mixed_requests, results, plain_generate, 24)
@@ -107,7 +107,7 @@ def test_hf_decode_cache_budget_cuts_batches_without_changing_tokens(tiny_model,
     params = SamplingParams(max_new_tokens=16)
     runs = {}
     for mb in (0, 1):
-        backend = backends.create("hf", str(tiny_model), None,
+        backend = create("hf", str(tiny_model), None,
                                   GenerationConfig(backend="hf", batch_size=6, decode_cache_mb=mb))
         try:
             results = backend.generate(mixed_requests, params)
@@ -125,7 +125,7 @@ def test_hf_retry_prefills_only_its_new_turn_and_still_equals_plain_generate(tin
     """A retry repeats its sample's previous prompt and completion: the backend serves that prefix from
     the KV it kept, and the completion is the one a full prefill gives."""
     samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:3]
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=3))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf", batch_size=3))
     params = SamplingParams(max_new_tokens=32)
     try:
         first = [make_request(s, 0, hint=True) for s in samples]
@@ -144,7 +144,7 @@ def test_hf_retry_prefills_only_its_new_turn_and_still_equals_plain_generate(tin
 
 def test_hf_without_kv_reuse_prefills_everything(tiny_model, faces):
     samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:2]
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf", kv_reuse_mb=0))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf", kv_reuse_mb=0))
     try:
         first = backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=8))
         backend.generate([make_request(s, 1, hint=True, history=[(a[0].completion, ("wrong_label",))])
@@ -157,7 +157,7 @@ def test_hf_without_kv_reuse_prefills_everything(tiny_model, faces):
 def test_hf_reports_an_undecodable_image_on_its_request_and_serves_the_others(tiny_model, mixed_requests):
     broken = dataclasses.replace(mixed_requests[1], image=b"not an image")
     requests = [mixed_requests[0], broken, mixed_requests[2]]
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf"))
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf"))
     try:
         results = backend.generate(requests, SamplingParams(max_new_tokens=4))
     finally:
@@ -173,7 +173,7 @@ def test_hf_runs_in_the_dtype_asked_for_with_kept_kv_and_sampling(tiny_model, fa
     import torch
 
     samples = [s for s in load_input(str(faces / "samples.jsonl")) if hasattr(s, "image")][:3]
-    backend = backends.create("hf", str(tiny_model), None, GenerationConfig(backend="hf"), dtype="bfloat16")
+    backend = create("hf", str(tiny_model), None, GenerationConfig(backend="hf"), dtype="bfloat16")
     try:
         assert backend.model.dtype == torch.bfloat16
         first = backend.generate([make_request(s, 0, hint=True) for s in samples], SamplingParams(max_new_tokens=12))
@@ -188,7 +188,7 @@ def test_hf_runs_in_the_dtype_asked_for_with_kept_kv_and_sampling(tiny_model, fa
 
 @pytest.mark.vllm
 def test_vllm_serves_concurrent_batches_and_refuses_only_the_bad_prompt(tiny_model, mixed_requests):
-    backend = backends.create("vllm", str(tiny_model), None,
+    backend = create("vllm", str(tiny_model), None,
                               GenerationConfig(backend="vllm", max_model_len=2048, max_num_seqs=8))
     too_long = dataclasses.replace(mixed_requests[0], key="too-long#0", messages=(
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "face " * 3000}]},))

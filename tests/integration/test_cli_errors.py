@@ -65,7 +65,7 @@ TABLE: dict[str, dict[str, tuple[str, str]]] = {
     "eval": {
         "missing_data": ("eval --data {missing}.jsonl --model {model} --out {out}", "no such file"),
         "missing_model": ("eval --data {jsonl} --model {missing} --out {out}", "--model"),
-        "zero_size": ("eval --data {jsonl} --model {model} --out {out} --limit 0", "--limit"),
+        "zero_size": ("eval --data {jsonl} --model {model} --out {out} --limit 0", "limit: Input should be greater"),
         "unreachable": ("eval --data s3://fea-test/d --model {model} --out {out}", "cannot reach"),
     },
     "loop": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import backends
+from engine.backends.base import create
 from engine.core.config import GenerationConfig
 from engine.core.prompts import make_request
 from engine.core.types import SamplingParams
@@ -50,7 +50,7 @@ def one_at_a_time(model_dir, request, max_new_tokens: int, bad_words_ids, eos_id
 
 
 def test_a_llava_model_generates_through_transformers(tiny_llava, requests):
-    backend = backends.create("hf", str(tiny_llava), None, GenerationConfig(backend="hf", batch_size=5))
+    backend = create("hf", str(tiny_llava), None, GenerationConfig(backend="hf", batch_size=5))
     try:
         assert not backend.own_decoding
         image_token = backend.model.config.image_token_index
@@ -69,7 +69,7 @@ def test_a_llava_model_generates_through_transformers(tiny_llava, requests):
 
 
 def test_a_llava_model_samples_n_completions_per_request(tiny_llava, requests):
-    backend = backends.create("hf", str(tiny_llava), None, GenerationConfig(backend="hf", batch_size=4))
+    backend = create("hf", str(tiny_llava), None, GenerationConfig(backend="hf", batch_size=4))
     try:
         params = SamplingParams(max_new_tokens=10, temperature=1.0, n=2, seed=3)
         results = backend.generate(requests[:3], params)
@@ -87,7 +87,7 @@ def test_own_decoding_and_plain_generate_agree_on_qwen(tiny_model, requests):
     """The fast path is an optimisation only: on its model family, greedy completions equal generate's."""
     completions = {}
     for decoder in ("auto", "generate"):
-        backend = backends.create("hf", str(tiny_model), None,
+        backend = create("hf", str(tiny_model), None,
                                   GenerationConfig(backend="hf", batch_size=5, hf_decoder=decoder))
         try:
             assert backend.own_decoding == (decoder == "auto")

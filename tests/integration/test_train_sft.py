@@ -7,7 +7,7 @@ from statistics import mean
 import pytest
 import yaml
 
-from engine.backends import create
+from engine.backends.base import create
 from engine.core.config import GenerationConfig
 from engine.data.dataset import iter_samples
 from engine.core.prompts import make_request
