@@ -30,7 +30,8 @@ CHUNK = 256  # samples per generate call: bounds memory (images) while keeping b
 
 def eval_config(data: str | None = None, model: str | None = None, out: str | None = None,
                 backend: str | None = None, config_path: str | None = None, limit: int | None = None) -> EvalSection:
-    overrides = {"data": data, "model.path": model, "out": out, "generation.backend": backend, "limit": limit}
+    given = {"data": data, "model.path": model, "out": out, "generation.backend": backend, "limit": limit}
+    overrides = {key: value for key, value in given.items() if value is not None}
     return load_config(EvalSection, config_path, overrides, section="eval" if config_path else None)
 
 

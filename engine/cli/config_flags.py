@@ -16,7 +16,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Callable, Iterator, Literal, Union
 
 import yaml
 from pydantic import BaseModel
@@ -90,6 +90,15 @@ def _is_text(annotation: Any) -> bool:
     return all(a is str for a in _union_members(annotation)) or _choices(annotation) is not None
 
 
+def _value_reader(annotation: Any) -> Callable[[str], Any] | None:
+    """How a flag's text becomes a value: YAML, or as written for text (`null` too where None is allowed)."""
+    if not _is_text(annotation):
+        return _yaml_value
+    if type(None) in typing.get_args(annotation):
+        return lambda text: None if text in ("null", "~") else text
+    return None
+
+
 def _yaml_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -127,15 +136,15 @@ def add_config_flags(parser: argparse.ArgumentParser, command: ConfigCommand, pr
         choices = _choices(leaf.annotation)
         groups[section].add_argument(
             f"--{leaf.key}", *aliases.pop(leaf.key, []), dest=DEST + leaf.key, metavar=None if choices else "VALUE",
-            choices=choices, type=None if _is_text(leaf.annotation) else _yaml_value, help=_help(leaf))
+            choices=choices, type=_value_reader(leaf.annotation), help=_help(leaf),
+            default=argparse.SUPPRESS)  # absent unless given, so that `null` can be given
     if aliases:  # a programming error: an alias names no key of the schema
         raise ValueError(f"aliases for unknown keys: {sorted(aliases)}")
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted keys given on the command line, with their values."""
-    return {name[len(DEST):]: value for name, value in vars(args).items()
-            if name.startswith(DEST) and value is not None}
+    return {name[len(DEST):]: value for name, value in vars(args).items() if name.startswith(DEST)}
 
 
 def resolve_config(args: argparse.Namespace, command: ConfigCommand, extra: dict[str, Any] | None = None) -> Any:

@@ -144,10 +144,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 section: str | None = None) -> C:
-    """Build `cls` from a YAML file (optionally one top-level `section` of it) plus dotted overrides.
-
-    Overrides whose value is None are ignored, so argparse defaults of None mean "not given".
-    """
+    """Build `cls` from a YAML file (optionally one top-level `section` of it) plus dotted overrides (a None
+    value sets the key to null)."""
     tree: dict[str, Any] = {}
     if path is not None:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -157,8 +155,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         if section and section not in raw:
             raise ConfigError(f"{path}: no top-level section '{section}'")
     for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, dotted, value)
+        _set_dotted(tree, dotted, value)
     try:
         return cls.model_validate(tree)
     except ValidationError as err:

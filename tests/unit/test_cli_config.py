@@ -87,6 +87,10 @@ def test_flags_override_the_file_and_reach_nested_sections(tmp_path, capsys):
     assert printed["model"]["path"] == "0123"  # a text field keeps what was written
     alias = _printed(capsys, ["synth", "--config", str(config), "--max-new-tokens", "7", "--no-hint", "--print-config"])
     assert alias["generation"]["max_new_tokens"] == 7 and alias["hint"] is False
+    config.write_text(yaml.safe_dump({"synth": {"job_id": "j", "model": {"adapter": "a"}}}))
+    unset = _printed(capsys, ["synth", "--config", str(config), "--job_id", "null", "--model.adapter", "~",
+                              "--print-config"])
+    assert unset["job_id"] is None and unset["model"]["adapter"] is None  # null unsets what the file set
 
 
 def test_loop_flags_reach_every_stage_and_shared_settings_are_handed_down(tmp_path, capsys):
@@ -107,6 +111,8 @@ def test_train_flags_combine_with_data_and_weights(capsys):
                                 "--max-steps", "5", "--out", "o", "--print-config"])
     assert [(s["uri"], s["weight"]) for s in printed["data"]] == [("a", 3.0), ("b", 1.0)]
     assert printed["lora"]["r"] == 4 and printed["max_steps"] == 5 and printed["num_generations"] == 8
+    unset = _printed(capsys, ["train", "sft", "--save_total_limit", "null", "--max_length", "512", "--print-config"])
+    assert unset["save_total_limit"] is None and unset["max_length"] == 512
 
 
 @pytest.mark.parametrize("argv, expected", [

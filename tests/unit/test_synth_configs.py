@@ -26,7 +26,7 @@ def test_synth_config_holds_what_its_file_says_and_is_headed_by_its_launch_comma
 
 def test_flags_override_the_file():
     path = next(p for p in CONFIGS if p.name == "synth-cpu.yaml")
-    cfg = load_config(SynthConfig, path, {"generation.backend": "vllm", "generators": 2, "max_retries": None},
+    cfg = load_config(SynthConfig, path, {"generation.backend": "vllm", "generators": 2, "job_id": None},
                       section="synth")
     base = load_config(SynthConfig, path, section="synth")
     assert (cfg.generation.backend, cfg.generators, cfg.max_retries) == ("vllm", 2, base.max_retries)
