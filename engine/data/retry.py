@@ -15,6 +15,8 @@ import random
 import time
 from typing import Callable, TypeVar
 
+from engine.data.credentials import redact, s3_settings
+
 T = TypeVar("T")
 
 WINDOW_ENV = "FEA_STORAGE_RETRY_SECONDS"
@@ -72,8 +74,6 @@ def is_transient(err: BaseException) -> bool:
 
 
 def endpoint() -> str:
-    from engine.data.storage import redact, s3_settings
-
     return redact(s3_settings().get("endpoint_url", "AWS S3"))
 
 
@@ -113,6 +113,4 @@ def retried_on_s3(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
 
 
 def _shown(uri) -> str:
-    from engine.data.storage import redact
-
     return redact(os.fspath(uri))

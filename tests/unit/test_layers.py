@@ -45,3 +45,59 @@ def test_no_production_function_imports_the_demo_world_either():
             if demo:
                 offenders[str(path.relative_to(REPO))] = demo
     assert offenders == {}
+
+
+def _module_names() -> dict[str, Path]:
+    names = {}
+    for package in ("engine", "trainer", "actors"):
+        for path in (REPO / package).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def _project_imports(nodes, modules: dict[str, Path]) -> set[str]:
+    """The project modules that these import statements load (a name is resolved to its module)."""
+    import ast
+
+    found = set()
+    for node in nodes:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom) and node.module else [])
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def test_no_import_inside_a_function_hides_a_cycle():
+    """A function-level import is for speed (heavy libraries) or the demo, never to dodge a cycle: what it
+    imports must not import, at its top, the module that holds the function."""
+    import ast
+
+    modules = _module_names()
+    at_top, in_functions = {}, {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        at_top[name] = (_project_imports(tree.body, modules) | (packages & modules.keys())) - {name}
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        in_functions[name] = _project_imports([n for f in functions for n in ast.walk(f)], modules) - {name}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(at_top[current])
+        return False
+
+    hidden = sorted(f"{name} -> {target}" for name, targets in in_functions.items() for target in targets
+                    if reaches(target, name))
+    assert hidden == []
