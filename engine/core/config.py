@@ -28,6 +28,10 @@ def _template_name(name: str) -> str:
 
 
 PromptStyleName = Annotated[str, AfterValidator(_template_name)]
+PROMPT_STYLE_HELP = ("Prompt template set (default full: this project's choice; real-model configs use facial-r1): "
+                     "facial-r1 (the official repository's wording), full (this project's, with the AU definitions "
+                     "and a worked example), compact (its rules and format only; small models, CPU runs) or a YAML "
+                     "template file (engine/core/templates.py).")
 
 
 class Section(BaseModel):
@@ -113,11 +117,7 @@ class SynthConfig(Section):
                                                    "--max_retry).")
     hint: bool = Field(True, description="Label-conditioned prompt (the official synthesis' Ground Truth block, "
                                          "src/eval/infer_emotion.py).")
-    prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
-                            "facial-r1): facial-r1 (the official repository's wording), full (this "
-                            "project's, with the AU definitions and a worked example), compact (its rules and "
-                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
+    prompt_style: PromptStyleName = Field("full", description=PROMPT_STYLE_HELP)
     partition_size: int = Field(64, ge=1, description="Input samples per committed partition.")
     inflight_batches_per_generator: int = Field(2, ge=1, description="Batches queued per generator actor.")
     generator_num_cpus: float = Field(1.0, ge=0.0, description="CPUs reserved per generator actor.")
@@ -227,11 +227,7 @@ class TrainSection(Section):
     model: ModelConfig = ModelConfig()
     out: str = Field("", description="Local output folder (checkpoints/, adapter/, merged/, runs/, checkpoint.json).")
     round: int = Field(0, ge=0, description="Self-improvement round recorded in checkpoint.json.")
-    prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
-                            "facial-r1): facial-r1 (the official repository's wording), full (this "
-                            "project's, with the AU definitions and a worked example), compact (its rules and "
-                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
+    prompt_style: PromptStyleName = Field("full", description=PROMPT_STYLE_HELP)
     lora: LoraSection = LoraSection()
     freeze_vision: bool = Field(True, description="Keep the vision tower (and its merger) fixed.")
     learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate.")
@@ -304,11 +300,7 @@ class EvalSection(Section):
     generation: GenerationConfig = GenerationConfig(max_new_tokens=1024)
     verifier: VerifierConfig = VerifierConfig()
     limit: int | None = Field(None, ge=1, description="Evaluate the first N samples only.")
-    prompt_style: PromptStyleName = Field(
-        "full", description="Prompt template set (default full: this project's choice; real-model configs use "
-                            "facial-r1): facial-r1 (the official repository's wording), full (this "
-                            "project's, with the AU definitions and a worked example), compact (its rules and "
-                            "format only; small models, CPU runs) or a YAML template file (engine/core/templates.py).")
+    prompt_style: PromptStyleName = Field("full", description=PROMPT_STYLE_HELP)
 
 
 class LoopResources(Section):
