@@ -15,16 +15,15 @@ first user text as the official script does ("append" sets); either way the prom
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from engine.core.facs import AU_DESCRIPTIONS, EMOTIONS, NO_AU, au_name, label_set_for, present_aus
 from engine.core.templates import EXAMPLE_AUS, EXAMPLE_COMPLETION, EXAMPLE_LABEL, PromptTemplates, render_labels, resolve
-from engine.core.types import GenerationRequest, Sample, sha256_hex
+from engine.core.types import GenerationRequest, Sample
 
 __all__ = ["EXAMPLE_AUS", "EXAMPLE_COMPLETION", "EXAMPLE_LABEL", "build_messages", "describe_reasons", "hint_block",
-           "make_request", "prompt_hash", "prompt_label_set", "prompt_text", "retry_text"]
+           "make_request", "prompt_label_set", "prompt_text", "retry_text"]
 
 Message = dict[str, Any]
 # A template set's name ("full", "compact", "facial-r1") or a YAML template file; see engine.core.templates.
@@ -202,29 +201,8 @@ def _messages(text: str, turns: Sequence[tuple[str, str]]) -> tuple[Message, ...
     return tuple(messages)
 
 
-def _without_image_data(messages: Iterable[Message]) -> list[Message]:
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = [{"type": "image"} if isinstance(part, dict) and part.get("type") == "image" else part
-                       for part in content]
-        out.append({**message, "content": content})
-    return out
-
-
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def prompt_hash(messages: Iterable[Message]) -> str:
-    """sha256 of the canonical JSON of the messages; image parts count only as {"type": "image"}, so
-    the hash names the prompt, not the picture."""
-    return sha256_hex(_canonical_json(_without_image_data(messages)).encode("utf-8"))
-
-
 def make_request(sample: Sample, attempt: int, *, hint: bool, history: History = (),
                  style: PromptStyle = "full") -> GenerationRequest:
     messages = build_messages(sample, hint=hint, history=history, style=style)
     return GenerationRequest(key=f"{sample.id}#{attempt}", sample_id=sample.id, attempt=attempt,
-                             messages=messages, image=sample.image, prompt_hash=prompt_hash(messages))
+                             messages=messages, image=sample.image)

@@ -5,8 +5,10 @@ Data flow: Sample -> (generator) Attempt -> (filter) Verdict -> (writer) ShardRe
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,7 +62,26 @@ class GenerationRequest:
     attempt: int
     messages: tuple[dict[str, Any], ...]  # chat messages; the user turn holds {"type": "image"} once
     image: bytes
-    prompt_hash: str
+
+    @functools.cached_property
+    def prompt_hash(self) -> str:
+        """Computed where it is first read, in the generator that records it on each Attempt, so that
+        the scheduler, which makes every request, does not spend its time on it."""
+        return prompt_hash(self.messages)
+
+
+def prompt_hash(messages: Iterable[dict[str, Any]]) -> str:
+    """sha256 of the canonical JSON of chat messages; image parts count only as {"type": "image"}, so
+    the hash names the prompt, not the picture."""
+    without_image_data = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            content = [{"type": "image"} if isinstance(part, dict) and part.get("type") == "image" else part
+                       for part in content]
+        without_image_data.append({**message, "content": content})
+    canonical = json.dumps(without_image_data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return sha256_hex(canonical.encode("utf-8"))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from engine.core import facs
 from engine.data import shards, storage
 from engine.data.fields import (  # noqa: F401  (InvalidRecord, DEFAULT_QUESTION: part of this module's surface)
     DEFAULT_QUESTION, InvalidRecord, clean_question, normalize_aus, normalize_labels, previous_notes, typed_fields)
-from engine.data.png import png_complete
+from engine.data.png import png_complete, png_size
 from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,13 @@ def check_image(data: bytes) -> None:
 
 def check_image_header(data: bytes) -> None:
     """The cheap check for images already fully checked once (see `_iter_sample_rows`): PIL must
-    recognise the format and read a non-empty size from the header; the pixels are not decoded."""
+    recognise the format and read a non-empty size from the header; the pixels are not decoded.
+    A PNG's size is read straight from its header (PIL's open costs about 20 us a face)."""
+    size = png_size(data)
+    if size is not None:
+        if not all(size):
+            raise InvalidRecord(f"image_undecodable: image size {size}")
+        return
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width <= 0 or im.height <= 0:

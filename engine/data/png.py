@@ -36,6 +36,14 @@ def png_complete(data: bytes) -> bool | None:
     return _inflates_to_rows(idat, rows, row_bytes)
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header (signature, then IHDR first), without reading further; None
+    when `data` does not start like a PNG."""
+    if not data.startswith(SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack_from(">II", data, 16)
+
+
 def _chunks(data: bytes) -> tuple[bytes, bytes] | None:
     """(IHDR data, all IDAT data joined), or None when a chunk is cut or fails its CRC, or no IEND
     follows. As in PIL, the file may end once IEND's type is read (its CRC is not checked)."""

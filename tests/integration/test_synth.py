@@ -92,7 +92,7 @@ def out_location(kind: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
 def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys, monkeypatch):
     from engine.core import prompts, verifier
-    from engine.core.types import Sample
+    from engine.core.types import Sample, prompt_hash
 
     records = face_records(faces, 12)
     ids = [r["id"] for r in records]
@@ -129,7 +129,7 @@ def test_replay_retry_then_accept(where, ray_local, faces, tmp_path, capsys, mon
     retry = prompts.build_messages(sample, hint=True, history=((BAD_COMPLETION, verdict.reasons),))
     assert any(BAD_COMPLETION in json.dumps(m) for m in retry[1:])
     provenance = accepted[first["id"]]["provenance"]
-    assert provenance["prompt_hash"] == prompts.prompt_hash(retry)
+    assert provenance["prompt_hash"] == prompt_hash(retry)
     assert provenance["attempts"] == 2 and provenance["backend"] == "replay"
     assert provenance["job_id"] == summary["job_id"] and provenance["policy"] == "strict"
     assert accepted[first["id"]]["description"] == first["description"]

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.data.dataset import InvalidRecord, check_image
-from engine.data.png import SIGNATURE, png_complete
+from engine.data.dataset import InvalidRecord, check_image, check_image_header
+from engine.data.png import SIGNATURE, png_complete, png_size
 
 
 def decodes_with_pil(data: bytes) -> bool:
@@ -98,3 +98,23 @@ def test_huge_images_are_left_to_pil_and_its_decompression_bomb_rule():
     png = SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + _chunk(b"IEND", b"")
     assert png_complete(png) is None
     assert not accepted(png)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pngs())
+def test_the_header_check_reads_the_size_pil_reads(data):
+    with Image.open(io.BytesIO(data)) as im:
+        assert png_size(data) == im.size
+    check_image_header(data)
+    check_image_header(data[:40])  # the header alone: the pixels are not the header check's concern
+
+
+def test_the_header_check_refuses_what_is_no_image_or_has_no_size():
+    for bad in (b"not an image at all", SIGNATURE + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", 0, 7)):
+        try:
+            check_image_header(bad)
+        except InvalidRecord as err:
+            assert err.reason.startswith("image_undecodable")
+        else:
+            raise AssertionError(f"accepted {bad!r}")
+    assert png_size(b"GIF89a" + bytes(20)) is None

@@ -14,9 +14,8 @@ from engine.core.prompts import (
     build_messages,
     describe_reasons,
     make_request,
-    prompt_hash,
 )
-from engine.core.types import Sample, sha256_hex
+from engine.core.types import Sample, prompt_hash, sha256_hex
 from engine.core.verifier import verify
 
 IMAGE = b"\x89PNG fake bytes"

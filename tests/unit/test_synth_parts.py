@@ -143,7 +143,7 @@ def test_accounting_is_checked_before_commit(tmp_path):
 # ---------------------------------------------------------------- replay
 def request(sample_id: str, number: int) -> GenerationRequest:
     return GenerationRequest(key=f"{sample_id}#{number}", sample_id=sample_id, attempt=number, messages=(),
-                             image=b"", prompt_hash="h")
+                             image=b"")
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -291,7 +291,7 @@ def test_a_failed_shard_write_leaves_the_partition_uncommitted(tmp_path, monkeyp
 
 def _request(key: str) -> GenerationRequest:
     return GenerationRequest(key=key, sample_id=key.split("#")[0], attempt=int(key.split("#")[1]), messages=(),
-                             image=b"", prompt_hash="")
+                             image=b"")
 
 
 def test_a_retry_waits_for_the_generator_that_holds_its_previous_attempt():

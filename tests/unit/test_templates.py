@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.core.prompts import build_messages, make_request, prompt_hash
+from engine.core.prompts import build_messages, make_request
+from engine.core.types import prompt_hash
 from engine.core.templates import BUILTIN, render_labels, resolve
 from engine.core.types import Sample, sha256_hex
 
