@@ -6,7 +6,8 @@ import threading
 import ray
 
 from engine.data import lease, shards
-from engine.synth.partition import PartitionResult, existing_shards, write_partition
+from engine.data.commits import existing_shards
+from engine.synth.partition import PartitionResult, write_partition
 from engine.core.types import PartitionCommit
 
 

@@ -120,7 +120,8 @@ def writer_files(prefix: str, results) -> list[list[tuple[str, bytes]]]:
 def run_target(target: Target, results, rounds: int) -> tuple[list[dict], dict[str, list[float]]]:
     from engine.synth import partition
     from engine.data import shards, storage
-    from engine.synth.partition import existing_shards, write_partition
+    from engine.data.commits import existing_shards
+    from engine.synth.partition import write_partition
 
     accepted = [partition.accepted_rows(r) for r in results]
     items = [members(wds_records(r)) for r in results]

@@ -16,9 +16,9 @@ import logging
 from collections import Counter
 from typing import Any, Iterator, Sequence
 
-from engine.core.types import PartitionCommit, Sample, ShardRef, sha256_hex
+from engine.core.types import PartitionCommit, Sample, ShardRef
 from engine.data import shards, storage
-from engine.data.integrity import ShardIntegrityError
+from engine.data.commits import read_checked_shard, read_commits, resolve_shard_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def is_finished(uri: str) -> bool:
 
 def committed_partitions(uri: str, only: Sequence[str] | None = None) -> list[PartitionCommit]:
     """The partitions committed under `uri` (by number), or exactly those in `only` (in its order)."""
-    commits = shards.read_commits(uri)
+    commits = read_commits(uri)
     if only is None:
         return commits
     by_id = {partition_id(c.partition): c for c in commits}
@@ -76,8 +76,8 @@ def partition_samples(uri: str, commit: PartitionCommit, fmt: str, seen_ids: set
     shard = accepted_shard(uri, commit, fmt)
     if shard is None:
         return
-    shard_uri = shards.resolve_shard_uri(uri, shard.uri)
-    data = _checked_bytes(shard_uri, shard.sha256)
+    shard_uri = resolve_shard_uri(uri, shard.uri)
+    data = read_checked_shard(shard_uri, shard.sha256)
     validator = RecordValidator(source=shard_uri, seen_ids=seen_ids, full_image_check=False)
     skipped: Counter[str] = Counter()
     for index, (record, image) in enumerate(_wds_records(data, shard_uri) if fmt == "wds"
@@ -92,20 +92,6 @@ def partition_samples(uri: str, commit: PartitionCommit, fmt: str, seen_ids: set
     if skipped:
         log.warning("%s: skipped %d unusable records %s", storage.redact(shard_uri), sum(skipped.values()),
                     dict(skipped))
-
-
-def _checked_bytes(shard_uri: str, expected_sha256: str) -> bytes:
-    try:
-        data = storage.read_bytes(shard_uri)
-    except FileNotFoundError:
-        raise ShardIntegrityError(f"{storage.redact(shard_uri)}: committed shard is missing; refusing to read "
-                                  "the output without it") from None
-    found = sha256_hex(data)
-    if found != expected_sha256:
-        raise ShardIntegrityError(f"{storage.redact(shard_uri)}: sha256 {found[:16]}... differs from its commit "
-                                  f"record ({expected_sha256[:16]}...); the shard was changed after its commit, "
-                                  "refusing to read it")
-    return data
 
 
 def _parquet_records(data: bytes) -> Iterator[tuple[dict[str, Any], bytes]]:

@@ -251,7 +251,7 @@ def check_loop(cfg) -> None:
 _USAGE_ERRORS = ("engine.cli.preflight:UsageError", "engine.core.config:ConfigError",
                  "engine.synth.input:JobMismatchError", "engine.synth.partition:InputChangedError",
                  "engine.loop.rounds:LoopStateError", "engine.data.lease:LeaseHeldError",
-                 "engine.data.integrity:ShardIntegrityError")
+                 "engine.data.commits:ShardIntegrityError")
 _OPERATIONAL_ERRORS = ("engine.data.retry:StorageUnavailableError", "engine.data.lease:LeaseLostError",
                        "engine.loop.watch:RetrainingError")
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from PIL import Image
 
 from engine.core import facs
+from engine.data.commits import commits_dir, committed_shard_uris
 from engine.data import shards, storage
 from engine.data.fields import (  # noqa: F401  (InvalidRecord, DEFAULT_QUESTION: part of this module's surface)
     DEFAULT_QUESTION, InvalidRecord, clean_question, normalize_aus, normalize_labels, previous_notes, typed_fields)
@@ -277,7 +278,7 @@ def input_kind(uri: str) -> str:
         return "jsonl"
     if text.endswith(".parquet"):
         return "parquet"
-    if storage.exists(storage.join(text, "job.json")) or storage.list_files(shards.commits_dir(text), ".json"):
+    if storage.exists(storage.join(text, "job.json")) or storage.list_files(commits_dir(text), ".json"):
         return "synthesis"
     samples_dir = storage.join(text, "samples")
     if storage.exists(storage.join(text, "summary.json")) or storage.list_files(samples_dir, ".parquet"):
@@ -309,7 +310,7 @@ def load_input(uri: str, image_root: str | None = None) -> Iterator[Sample | Qua
     if kind == "parquet":
         return _iter_sample_rows([uri])
     if kind == "synthesis":
-        return _iter_sample_rows(shards.committed_shard_uris(uri, "accepted", "parquet"), full_image_check=False)
+        return _iter_sample_rows(committed_shard_uris(uri, "accepted", "parquet"), full_image_check=False)
     return _iter_sample_rows(canonical_parts(uri), full_image_check=False)
 
 

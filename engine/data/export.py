@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.data.commits import committed_shard_uris
 from engine.data import shards, storage
 from engine.data.dataset import input_kind
 
@@ -35,7 +36,7 @@ def export_committed(uri: str, out_jsonl: str, kind: str = "accepted") -> dict[s
     out_dir = storage.parent(out_jsonl)
     lines: list[str] = []
     seen: set[str] = set()
-    shard_uris = shards.committed_shard_uris(uri, kind, "parquet")
+    shard_uris = committed_shard_uris(uri, kind, "parquet")
     for shard_uri in shard_uris:
         for row in shards.iter_parquet_rows(shard_uri):
             if row["id"] in seen:

@@ -1,4 +1,4 @@
-"""Stored forms of samples: Arrow schemas, Parquet and WebDataset shards, commit records.
+"""Stored forms of samples: Arrow schemas, Parquet and WebDataset shards (commits.py says which are committed).
 
 Every table that holds samples shares the SAMPLE_SCHEMA columns, so any of them reads back into
 `engine.core.types.Sample`. Free-form fields are stored as JSON text in both formats: source datasets
@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.data import storage
-from engine.core.types import SCHEMA_VERSION, PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
+from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, ShardRef, sha256_hex
 
 KINDS = ("accepted", "rejected", "quarantine")
 FORMATS = ("parquet", "webdataset")
@@ -392,50 +392,3 @@ def open_webdataset(urls: str | list[str], **kwargs: Any):
 
 if "webdataset" in sys.modules:
     register_webdataset_s3()
-
-
-# ---------------------------------------------------------------- commits
-def commits_dir(out_prefix: str) -> str:
-    return storage.join(out_prefix, "commits")
-
-
-def commit_uri(out_prefix: str, partition: int) -> str:
-    return storage.join(out_prefix, "commits", f"part-{partition:05d}.json")
-
-
-def read_commits(out_prefix: str) -> list[PartitionCommit]:
-    """The partitions committed under a synthesis output, by partition number."""
-    commits = []
-    for uri in storage.list_files(commits_dir(out_prefix), suffix=".json"):
-        try:
-            commits.append(PartitionCommit.from_json(storage.read_text(uri)))
-        except (ValueError, TypeError, KeyError) as err:
-            # Commit records are written once and whole; a broken one is damage, not a partial write.
-            raise ValueError(f"{storage.redact(uri)}: unreadable commit record ({err})") from err
-    return sorted(commits, key=lambda c: c.partition)
-
-
-def resolve_shard_uri(out_prefix: str, shard_uri: str) -> str:
-    """Shard URIs in commits may be relative to the output prefix (relocatable) or absolute."""
-    if storage.is_s3(shard_uri) or shard_uri.startswith("/"):
-        return shard_uri
-    return storage.join(out_prefix, shard_uri)
-
-
-def committed_shard_uris(out_prefix: str, kind: str, fmt: str, verify: bool = True) -> list[str]:
-    """URIs of the committed shards of one kind ("accepted" | "rejected" | "quarantine") and format.
-
-    With `verify`, each shard's sha256 is checked against its commit record first
-    (ShardIntegrityError on a mismatch), so no reader reads a shard changed after its commit."""
-    from engine.data.integrity import check_shard
-
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-    chosen = [(resolve_shard_uri(out_prefix, shard.uri), shard.sha256)
-              for commit in read_commits(out_prefix)
-              for shard in commit.shards if shard.kind == kind and shard.format == fmt]
-    for uri, sha256 in chosen if verify else ():
-        check_shard(uri, sha256)
-    return [uri for uri, _ in chosen]

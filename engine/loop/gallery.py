@@ -61,7 +61,8 @@ def held_out_gallery(test_uri: str, prediction_rows: Sequence[Mapping[str, Any]]
 
 def accepted_rows(synth_out: str, count: int) -> Iterator[dict[str, Any]]:
     """The first `count` accepted rows of a synthesis output (committed Parquet shards only)."""
-    from engine.data.shards import committed_shard_uris, iter_parquet_rows
+    from engine.data.commits import committed_shard_uris
+    from engine.data.shards import iter_parquet_rows
 
     columns = ["id", "image", "aus", "labels", "description", "provenance"]
     rows = (row for uri in committed_shard_uris(synth_out, "accepted", "parquet")

@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from engine.data import shards, storage
+from engine.data.commits import commits_dir
+from engine.data import storage
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class SynthesisThread:
     def wait_for_first_commit(self) -> float:
         """Seconds waited until the job committed a partition (or ended without one)."""
         started = time.monotonic()
-        while not self.done.is_set() and not storage.list_files(shards.commits_dir(self.out), ".json"):
+        while not self.done.is_set() and not storage.list_files(commits_dir(self.out), ".json"):
             time.sleep(POLL_SECONDS)
         return time.monotonic() - started
 

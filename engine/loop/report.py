@@ -74,7 +74,8 @@ def build_summary(stages: Sequence[StageEval], synthesis: Sequence[Mapping[str, 
 
 # ---------------------------------------------------------------- per round (step records)
 def _retries_per_accepted(synth_out: str) -> float | None:
-    from engine.data.shards import committed_shard_uris, iter_parquet_rows
+    from engine.data.commits import committed_shard_uris
+    from engine.data.shards import iter_parquet_rows
 
     attempts = [row["provenance"]["attempts"] for uri in committed_shard_uris(synth_out, "accepted", "parquet")
                 for row in iter_parquet_rows(uri, columns=["provenance"])]  # images stay unread

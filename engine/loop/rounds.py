@@ -123,7 +123,8 @@ def _train(run: Run, index: int | None, step: str, section: SFTSection | GRPOSec
 
 def _accepted_ids(run: Run, before: int) -> set[str]:
     """Ids accepted by the synthesis of earlier rounds (committed shards only; the id column alone)."""
-    from engine.data.shards import committed_shard_uris, iter_parquet_rows
+    from engine.data.commits import committed_shard_uris
+    from engine.data.shards import iter_parquet_rows
 
     ids: set[str] = set()
     for index in range(before):

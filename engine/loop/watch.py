@@ -90,9 +90,9 @@ def covered(triggers: dict[int, dict[str, Any]]) -> dict[str, set[str]]:
 # ---------------------------------------------------------------- counting
 def committed(prefixes: tuple[str, ...]) -> dict[str, list]:
     """Commit records per watched prefix (a prefix nothing was committed to yet has none)."""
-    from engine.data import shards
+    from engine.data.commits import read_commits
 
-    return {prefix: shards.read_commits(prefix) for prefix in prefixes}
+    return {prefix: read_commits(prefix) for prefix in prefixes}
 
 
 def new_accepted(commits: dict[str, list], seen: dict[str, set[str]]) -> int:

@@ -79,7 +79,7 @@ def _run_leased(cfg: SynthConfig, fleet: GeneratorFleet | None, lease: OutputLea
 
 
 def _read_commits(out: str, job_id: str) -> list[PartitionCommit]:
-    from engine.data.shards import read_commits
+    from engine.data.commits import read_commits
 
     commits = read_commits(out)
     foreign = [c.partition for c in commits if c.job_id != job_id]

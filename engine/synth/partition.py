@@ -1,4 +1,5 @@
-"""Partitions of a synthesis job: how the input is cut, what each sample ended as, and the commit.
+"""Partitions of a synthesis job: how the input is cut, what each sample ended as, and what its commit
+says (engine/data/commits.py writes and reads it).
 
 The input, numbered in order, is cut into partitions of `partition_size` records (partition =
 position // size), so a rerun over the same input sees the same partitions. A partition becomes
@@ -10,23 +11,14 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from engine.data import shards, storage
+from engine.data import commits, shards
 from engine.synth.judge import Judged
 from engine.core.types import PartitionCommit, QuarantineRecord, Sample, ShardRef, sha256_hex
 
 Record = Sample | QuarantineRecord
-
-# (kind = folder, file suffix, format) of every shard a partition may have
-SHARD_LAYOUT = (
-    ("accepted", "tar", "webdataset"),
-    ("accepted", "parquet", "parquet"),
-    ("rejected", "parquet", "parquet"),
-    ("quarantine", "parquet", "parquet"),
-)
 
 
 # ---------------------------------------------------------------- cutting the input
@@ -122,11 +114,6 @@ class PartitionResult:
 
 
 # ---------------------------------------------------------------- writing
-def shard_path(kind: str, partition: int, suffix: str) -> str:
-    """Shard location relative to the output prefix (commits store it relative: relocatable output)."""
-    return f"{kind}/part-{partition:05d}.{suffix}"
-
-
 def accepted_rows(result: PartitionResult) -> list[dict]:
     rows = []
     for outcome in result.outcomes:
@@ -154,57 +141,26 @@ def _rewards(scores) -> dict[str, float]:
     return {name: getattr(scores, name) for name in shards.REWARDS_TYPE.names}
 
 
-def existing_shards(out: str) -> set[str]:
-    """Relative paths (as `shard_path` makes them) of the shard files under `out`, one listing per kind."""
-    return {f"{kind}/{storage.basename(uri)}"
-            for kind in dict.fromkeys(kind for kind, _, _ in SHARD_LAYOUT)
-            for uri in storage.list_files(storage.join(out, kind))}
-
-
 def write_partition(out: str, result: PartitionResult, leftovers: set[str] | None = None) -> PartitionCommit:
     """Write a finished partition's shards, then its commit record, last and write-once.
 
-    The shards are encoded and written side by side (Arrow encoding, hashing and fsync release the
-    GIL), and the commit is written only once all of them are durable. An already committed
-    partition is never rewritten: its existing commit is returned (after checking it covers the
-    same input ids).
-
-    A shard kind the partition has no rows for must not keep a file from an interrupted earlier
-    try. `leftovers`, the shard files known to exist under `out` (`existing_shards`, kept up to date
-    here), limits the deletes to those; without it every empty kind is deleted blindly, which
-    costs a round trip each on S3.
+    An already committed partition is never rewritten: its existing commit is returned (after checking
+    it covers the same input ids). `leftovers`: see `commits.write_shards`.
     """
     result.check_accounting()
     index = result.partition.index
-    existing = _existing_commit(out, index)
+    existing = commits.read_commit(out, index)
     if existing is not None:
         return _same_input_or_fail(existing, result)
     rows = {"accepted": accepted_rows(result), "rejected": rejected_rows(result),
             "quarantine": [shards.quarantine_to_row(q) for q in result.partition.quarantined]}
-    pending, removals = [], []
-    for kind, suffix, fmt in SHARD_LAYOUT:
-        rel = shard_path(kind, index, suffix)
-        uri = storage.join(out, rel)
-        if rows[kind]:
-            if leftovers is not None:
-                leftovers.add(rel)  # before writing: a failed write may still leave a file
-            pending.append((rel, _SHARD_WRITERS.submit(_write_shard, uri, kind, fmt, rows[kind])))
-        elif leftovers is None or rel in leftovers:
-            removals.append(_SHARD_WRITERS.submit(storage.remove, uri))
-    # .result() re-raises a failed write or removal here, before anything is committed
-    written = tuple(ShardRef(uri=rel, format=ref.format, kind=ref.kind, rows=ref.rows, sha256=ref.sha256)
-                    for rel, ref in ((rel, future.result()) for rel, future in pending))
-    for removal in removals:
-        removal.result()
-    if leftovers is not None:
-        leftovers.difference_update(shard_path(kind, index, suffix) for kind, suffix, _ in SHARD_LAYOUT
-                                    if not rows[kind])
+    written = commits.write_shards(out, index, rows, leftovers)
     commit = make_commit(result, accepted=len(rows["accepted"]), rejected=len(rows["rejected"]),
                          quarantined=len(rows["quarantine"]), shards_written=written)
     failpoint("before-commit")
-    if not storage.write_once(shards.commit_uri(out, index), commit.to_json().encode("utf-8")):
+    if not commits.write_commit(out, commit):
         # another writer committed this partition between our check and now: theirs stands
-        return _same_input_or_fail(_existing_commit(out, index), result)
+        return _same_input_or_fail(commits.read_commit(out, index), result)
     return commit
 
 
@@ -224,20 +180,6 @@ def failpoint(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-# One thread per shard of a partition (SHARD_LAYOUT has four).
-_SHARD_WRITERS = ThreadPoolExecutor(max_workers=len(SHARD_LAYOUT), thread_name_prefix="fea-shard-writer")
-
-
-def _write_shard(uri: str, kind: str, fmt: str, rows: list[dict]) -> ShardRef:
-    if fmt == "webdataset":
-        return shards.write_webdataset(uri, [shards.wds_record(r) for r in rows], kind=kind)
-    return shards.write_parquet(uri, rows, _SCHEMAS[kind])
-
-
-_SCHEMAS = {"accepted": shards.ACCEPTED_SCHEMA, "rejected": shards.REJECTED_SCHEMA,
-            "quarantine": shards.QUARANTINE_SCHEMA}
-
-
 def make_commit(result: PartitionResult, *, accepted: int, rejected: int, quarantined: int,
                 shards_written: tuple[ShardRef, ...]) -> PartitionCommit:
     partition = result.partition
@@ -251,13 +193,6 @@ def make_commit(result: PartitionResult, *, accepted: int, rejected: int, quaran
                            attempts_histogram=dict(sorted(histogram.items(), key=lambda kv: int(kv[0]))),
                            generated_tokens=sum(o.generated_tokens for o in result.outcomes),
                            shards=shards_written)
-
-
-def _existing_commit(out: str, index: int) -> PartitionCommit | None:
-    uri = shards.commit_uri(out, index)
-    if not storage.exists(uri):
-        return None
-    return PartitionCommit.from_json(storage.read_text(uri))
 
 
 def _same_input_or_fail(commit: PartitionCommit, result: PartitionResult) -> PartitionCommit:

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from engine.core.types import sha256_hex
+from engine.data.commits import commits_dir, committed_shard_uris, read_commits, resolve_shard_uri
 from engine.data import shards, storage
 from engine.synth.job import run_synth
 from tests.support.processes import kill_driver_and_children
@@ -38,13 +39,13 @@ def subset(faces: Path, folder: Path, n: int) -> tuple[Path, list[dict]]:
 def assert_exactly_once_and_intact(out: str, ids: list[str]) -> list[dict]:
     """Every input once in accepted + rejected; every committed shard's bytes as its commit says.
     Returns the rejected rows."""
-    commits = shards.read_commits(out)
+    commits = read_commits(out)
     assert sum(c.inputs for c in commits) == len(ids)
     for commit in commits:
         for shard in commit.shards:
-            data = storage.read_bytes(shards.resolve_shard_uri(out, shard.uri))
+            data = storage.read_bytes(resolve_shard_uri(out, shard.uri))
             assert sha256_hex(data) == shard.sha256, f"{shard.uri} differs from its commit record"
-    rows = {kind: [row for uri in shards.committed_shard_uris(out, kind, "parquet")
+    rows = {kind: [row for uri in committed_shard_uris(out, kind, "parquet")
                    for row in shards.iter_parquet_rows(uri)] for kind in ("accepted", "rejected")}
     produced = [row["id"] for kind in rows for row in rows[kind]]
     assert sorted(produced) == sorted(ids), "an input is missing or appears twice"
@@ -61,7 +62,7 @@ def wait_for(probe, timeout: float, every: float = 0.05):
 
 
 def commit_count(out: str) -> int:
-    return len(storage.list_files(shards.commits_dir(out), ".json"))
+    return len(storage.list_files(commits_dir(out), ".json"))
 
 
 def actor_processes(title: str) -> list[psutil.Process]:
@@ -160,7 +161,7 @@ def test_driver_sigkill_with_s3_output_then_rerun(s3, tiny_model, faces, tmp_pat
     finally:
         kill_driver_and_children(driver.pid)
         driver.wait(timeout=30)
-    before = {uri: storage.read_bytes(uri) for uri in storage.list_files(shards.commits_dir(out))}
+    before = {uri: storage.read_bytes(uri) for uri in storage.list_files(commits_dir(out))}
     assert 1 <= len(before) < 8, f"the kill should land mid-job, found {len(before)} commits of 8"
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from engine.core.config import SynthConfig
+from engine.data.commits import committed_shard_uris
 from engine.data import dataset, shards
 from engine.data.sources import import_manifest
 from engine.data.split import split_dataset
@@ -40,7 +41,7 @@ def _synth(pool: Path, out: Path, **fields) -> dict:
 
 
 def _accounted(out: Path, pool_ids: set[str]) -> dict[str, list[str]]:
-    kinds = {kind: [r.get("id") or r.get("sample_id") for uri in shards.committed_shard_uris(str(out), kind, "parquet")
+    kinds = {kind: [r.get("id") or r.get("sample_id") for uri in committed_shard_uris(str(out), kind, "parquet")
                     for r in shards.iter_parquet_rows(uri)] for kind in ("accepted", "rejected", "quarantine")}
     assert kinds["quarantine"] == []  # nothing the official code accepts is quarantined
     assert sorted(kinds["accepted"] + kinds["rejected"]) == sorted(pool_ids)

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.data import shards, storage
+from engine.data.commits import commits_dir, read_commits
+from engine.data import storage
 from tests.integration.test_faults import subset, wait_for
 from tests.support.processes import kill_driver_and_children
 
@@ -57,7 +58,7 @@ class HeldJob:
                                         start_new_session=True)
         wait_for(lambda: storage.exists(storage.join(out, "job.json")) or self.process.poll() is not None, 120)
         os.kill(self.process.pid, signal.SIGSTOP)
-        assert not storage.list_files(shards.commits_dir(out)), "the job committed before it was held"
+        assert not storage.list_files(commits_dir(out)), "the job committed before it was held"
 
     def release(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
@@ -70,7 +71,7 @@ class HeldJob:
             self.log.close()
 
     def accepted_by_partition(self) -> dict[str, int]:
-        return {f"part-{c.partition:05d}": c.accepted for c in shards.read_commits(self.out)}
+        return {f"part-{c.partition:05d}": c.accepted for c in read_commits(self.out)}
 
 
 def _trainer(tiny_model: Path, tmp_path: Path, out: str, *extra: str) -> tuple[list[str], Path]:

@@ -103,6 +103,7 @@ def test_fea_synth_runs_on_a_llava_model(ray_local, tiny_llava, faces, tmp_path)
     import json
 
     from engine.core.config import SynthConfig
+    from engine.data.commits import committed_shard_uris
     from engine.data import shards
     from engine.synth.job import run_synth
 
@@ -116,7 +117,7 @@ def test_fea_synth_runs_on_a_llava_model(ray_local, tiny_llava, faces, tmp_path)
     summary = run_synth(cfg)
     assert summary["inputs"] == 4 and summary["accepted"] + summary["rejected"] == 4
     assert summary["model_ids"][0].startswith(tiny_llava.name + "@") and summary["generated_tokens"] > 0
-    rejected = [row for uri in shards.committed_shard_uris(out, "rejected", "parquet")
+    rejected = [row for uri in committed_shard_uris(out, "rejected", "parquet")
                 for row in shards.iter_parquet_rows(uri)]
     assert sorted(r["id"] for r in rejected) == sorted(json.loads(line)["id"] for line in lines)
     assert all(a["reasons"] for r in rejected for a in r["attempts"])

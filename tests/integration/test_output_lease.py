@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from engine.data import lease as lease_mod
-from engine.data import shards, storage
+from engine.data.commits import read_commits, resolve_shard_uri
+from engine.data import storage
 from engine.data.lease import LeaseHeldError, LeaseLostError, OutputLease
 from engine.core.types import sha256_hex
 from tests.support.processes import kill_driver_and_children
@@ -164,11 +165,11 @@ def test_two_drivers_on_one_output_exactly_one_writes(where, storage_for, tiny_m
     lines = [line for line in second.stderr.splitlines() if line.strip()]
     assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
     assert lines[0].startswith("fea synth: error: ") and "being written by another driver" in lines[0]
-    commits = shards.read_commits(out)
+    commits = read_commits(out)
     assert sum(c.inputs for c in commits) == len(ids) == json.loads(first_out)["inputs"]
     for commit in commits:
         for shard in commit.shards:
-            assert sha256_hex(storage.read_bytes(shards.resolve_shard_uri(out, shard.uri))) == shard.sha256
+            assert sha256_hex(storage.read_bytes(resolve_shard_uri(out, shard.uri))) == shard.sha256
 
 
 def _lease_present(out: str) -> bool:

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from engine.cli.main import main
+from engine.data.commits import committed_shard_uris
 from engine.data import shards, storage
-from engine.data.integrity import ShardIntegrityError
+from engine.data.commits import ShardIntegrityError
 from engine.synth.job import run_synth
 from tests.integration.test_synth import face_records, out_location, subset_jsonl, synth_config, write_replay
 
@@ -29,7 +30,7 @@ def altered_output(request, ray_local, faces, tmp_path) -> str:
                        partition_size=3, max_retries=0,
                        generation={"backend": "replay", "replay_path": str(replay), "batch_size": 3})
     assert run_synth(cfg)["accepted"] == 6
-    victim = shards.committed_shard_uris(out, "accepted", "parquet")[0]  # verified: still intact here
+    victim = committed_shard_uris(out, "accepted", "parquet")[0]  # verified: still intact here
     table = pq.read_table(io.BytesIO(storage.read_bytes(victim)))
     storage.write_bytes(victim, shards.parquet_bytes(table.slice(0, table.num_rows - 1)))
     return out
@@ -41,7 +42,7 @@ def test_the_library_readers_refuse_it(altered_output):
     from trainer.data import build_dataset
 
     with pytest.raises(ShardIntegrityError, match="differs from its commit record"):
-        shards.committed_shard_uris(altered_output, "accepted", "parquet")
+        committed_shard_uris(altered_output, "accepted", "parquet")
     with pytest.raises(ShardIntegrityError):
         list(iter_samples(altered_output))  # fea eval, the next round's input
     with pytest.raises(ShardIntegrityError):
@@ -51,7 +52,7 @@ def test_the_library_readers_refuse_it(altered_output):
         next(iter(dataset))
     assert "differs from its commit record" in str(caught.value)
     # the other kinds' shards are untouched and still read
-    assert shards.committed_shard_uris(altered_output, "accepted", "webdataset")
+    assert committed_shard_uris(altered_output, "accepted", "webdataset")
 
 
 def test_the_commands_refuse_it_in_one_line(altered_output, tmp_path, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data.commits import commits_dir, committed_shard_uris, read_commits, resolve_shard_uri
 from engine.data import retry, shards, storage
 from engine.core.types import sha256_hex
 from tests.support.processes import kill_driver_and_children
@@ -99,7 +100,7 @@ def _subset(faces: Path, folder: Path, n: int) -> tuple[Path, list[str]]:
 
 def _commits(out: str) -> int:
     try:
-        return len(storage.list_files(shards.commits_dir(out), ".json"))
+        return len(storage.list_files(commits_dir(out), ".json"))
     except Exception:  # noqa: BLE001 - the server may be down while we look
         return 0
 
@@ -114,14 +115,14 @@ def _wait_for_commits(out: str, driver: subprocess.Popen, at_least: int, timeout
 
 
 def assert_exactly_once_and_intact(out: str, ids: list[str]) -> None:
-    commits = shards.read_commits(out)
+    commits = read_commits(out)
     assert sum(c.inputs for c in commits) == len(ids)
     for commit in commits:
         for shard in commit.shards:
-            data = storage.read_bytes(shards.resolve_shard_uri(out, shard.uri))
+            data = storage.read_bytes(resolve_shard_uri(out, shard.uri))
             assert sha256_hex(data) == shard.sha256, f"{shard.uri} differs from its commit record"
     produced = [row["id"] for kind in ("accepted", "rejected")
-                for uri in shards.committed_shard_uris(out, kind, "parquet") for row in shards.iter_parquet_rows(uri)]
+                for uri in committed_shard_uris(out, kind, "parquet") for row in shards.iter_parquet_rows(uri)]
     assert sorted(produced) == sorted(ids), "an input is missing or appears twice"
 
 

@@ -11,6 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from engine.data.commits import committed_shard_uris
 from engine.data import dataset, shards, storage
 from engine.core.types import Sample
 from tests.unit.test_dataset_import import png_face, record
@@ -142,7 +143,7 @@ def test_webdataset_shard_on_s3_reads_with_webdataset_and_datasets(prefix, tmp_p
 def test_committed_output_on_s3_exports_locally(prefix, tmp_path):
     out = storage.join(prefix, "synth")
     committed = write_synthesis_output(out)
-    assert shards.committed_shard_uris(out, "accepted", "parquet") == [
+    assert committed_shard_uris(out, "accepted", "parquet") == [
         f"{out}/accepted/part-00000.parquet", f"{out}/accepted/part-00001.parquet"]
     summary = dataset.export_committed(out, str(tmp_path / "export" / "out.jsonl"))
     assert summary["exported"] == len(committed)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.data.commits import committed_shard_uris
 from engine.data import shards, storage
 from engine.core.config import SynthConfig
 from engine.synth.input import JobMismatchError
@@ -59,7 +60,7 @@ def synth_config(**fields) -> SynthConfig:
 
 
 def committed_rows(out: str, kind: str) -> list[dict]:
-    return [row for uri in shards.committed_shard_uris(out, kind, "parquet")
+    return [row for uri in committed_shard_uris(out, kind, "parquet")
             for row in shards.iter_parquet_rows(uri)]
 
 
@@ -171,8 +172,8 @@ def _check_loaders(out: str, expected: list[str], monkeypatch: pytest.MonkeyPatc
     import polars as pl
     import webdataset as wds
 
-    tars = shards.committed_shard_uris(out, "accepted", "webdataset")
-    parquets = shards.committed_shard_uris(out, "accepted", "parquet")
+    tars = committed_shard_uris(out, "accepted", "webdataset")
+    parquets = committed_shard_uris(out, "accepted", "parquet")
     assert len(tars) == len(parquets) == 3
 
     shards.register_webdataset_s3()  # webdataset has no s3:// opener of its own

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.core.config import ConfigError, DataSource, SFTSection, load_config
+from engine.data.commits import read_commits, resolve_shard_uri
 from engine.data import shards, storage
 from engine.synth.job import run_synth
 from tests.integration.test_synth import face_records, out_location, subset_jsonl, synth_config, write_replay
@@ -32,9 +33,9 @@ def output(request, ray_local, faces, tmp_path_factory) -> str:
 
 
 def _accepted_ids(out: str, partition: int) -> list[str]:
-    commit = next(c for c in shards.read_commits(out) if c.partition == partition)
+    commit = next(c for c in read_commits(out) if c.partition == partition)
     shard = next(s for s in commit.shards if s.kind == "accepted" and s.format == "parquet")
-    return [row["id"] for row in shards.iter_parquet_rows(shards.resolve_shard_uri(out, shard.uri))]
+    return [row["id"] for row in shards.iter_parquet_rows(resolve_shard_uri(out, shard.uri))]
 
 
 def _ids(rows: list[dict]) -> list[str]:
@@ -85,11 +86,11 @@ def test_tars_and_parquet_give_the_same_rows(output, stage):
 
 
 def test_a_changed_tar_is_refused(output):
-    from engine.data.integrity import ShardIntegrityError
+    from engine.data.commits import ShardIntegrityError
 
-    commit = shards.read_commits(output)[0]
+    commit = read_commits(output)[0]
     tar = next(s for s in commit.shards if s.format == "webdataset")
-    uri = shards.resolve_shard_uri(output, tar.uri)
+    uri = resolve_shard_uri(output, tar.uri)
     original = storage.read_bytes(uri)
     storage.write_bytes(uri, original + bytes(512))  # still a readable tar, but not the committed bytes
     try:

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from engine.data import shards
+from engine.data.commits import read_commits
 from engine.demo.runner import DemoSize, _demo_faces
 from tests.slow.test_loop import FEA, MINI_LOOP, finish, jsonl, start, step_record, write_replay_store
 from tests.support.processes import kill_driver_and_children
@@ -92,7 +92,7 @@ def test_retraining_follows_the_rounds_synthesis_and_resumes_mid_overlap(tiny_mo
     writer.send_signal(signal.SIGSTOP)
     first_step_at = wait_until(lambda: trained_step(retrain, 1), proc, 600, "the retraining's first step")
     assert not (synth_out / "summary.json").exists()
-    held_commits = len(shards.read_commits(str(synth_out)))
+    held_commits = len(read_commits(str(synth_out)))
     assert held_commits < SIZE.pool  # the job is not done while the retraining trains
     kill_driver_and_children(proc.pid)  # the driver, its Ray and the held writer with it
     proc.wait(60)
@@ -106,7 +106,7 @@ def test_retraining_follows_the_rounds_synthesis_and_resumes_mid_overlap(tiny_mo
     assert first_step_at < summary_at  # the retraining trained before the job's summary was written
     assert record["overlap"]["followed"] == str(synth_out)
 
-    commits = shards.read_commits(str(synth_out))
+    commits = read_commits(str(synth_out))
     assert len(commits) == SIZE.pool > held_commits
     accepted = {f"part-{c.partition:05d}": c.accepted for c in commits}
     assert synth["summary"]["accepted"] == sum(accepted.values()) > 0

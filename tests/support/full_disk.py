@@ -19,7 +19,8 @@ from PIL import Image
 
 from engine.core.config import VerifierConfig
 from engine.core.types import Attempt, Sample, sha256_hex
-from engine.data import shards, storage
+from engine.data.commits import commit_uri, read_commits, resolve_shard_uri
+from engine.data import storage
 from engine.synth.judge import Gold, judge
 from engine.synth.partition import Outcome, PartitionResult, cut_partitions, write_partition
 
@@ -73,8 +74,8 @@ def try_write(out: str, result: PartitionResult) -> dict:
 
 def state(out: str) -> dict:
     files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, names in os.walk(out) for f in names)
-    commits = shards.read_commits(out)
-    intact = all(sha256_hex(storage.read_bytes(shards.resolve_shard_uri(out, s.uri))) == s.sha256
+    commits = read_commits(out)
+    intact = all(sha256_hex(storage.read_bytes(resolve_shard_uri(out, s.uri))) == s.sha256
                  for c in commits for s in c.shards)
     return {"files": files, "commits": len(commits), "inputs": sum(c.inputs for c in commits), "intact": intact}
 
@@ -94,7 +95,7 @@ def main(mountpoint: str) -> None:
     result = finished_partition()
     mount(mountpoint, 16 << 20)
     write_partition(os.path.join(mountpoint, "dry"), result)  # how much room the shards take
-    os.remove(shards.commit_uri(os.path.join(mountpoint, "dry"), 0))
+    os.remove(commit_uri(os.path.join(mountpoint, "dry"), 0))
     shards_bytes = used_bytes(mountpoint)
     subprocess.run(["rm", "-rf", os.path.join(mountpoint, "dry")], check=True)
     report = {"shards_bytes": shards_bytes,

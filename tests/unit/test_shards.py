@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 from hypothesis import given, strategies as st
 
+from engine.data.commits import commit_uri, committed_shard_uris, read_commits
 from engine.data import dataset, shards, storage
 from engine.core.types import PartitionCommit, Sample
 from tests.unit.test_dataset_import import png_face
@@ -67,7 +68,7 @@ def _commit(out: str, partition: int, refs) -> bool:
     commit = PartitionCommit(job_id="job-1", partition=partition, sample_ids_sha256="x", inputs=len(refs),
                              accepted=refs[0].rows, rejected=refs[1].rows, quarantined=0,
                              attempts_histogram={"1": refs[0].rows}, generated_tokens=10, shards=tuple(refs))
-    return storage.write_once(shards.commit_uri(out, partition), commit.to_json().encode())
+    return storage.write_once(commit_uri(out, partition), commit.to_json().encode())
 
 
 def write_synthesis_output(out: str) -> list[Sample]:
@@ -96,12 +97,12 @@ def write_synthesis_output(out: str) -> list[Sample]:
 def test_only_committed_shards_are_read_and_exported(tmp_path):
     out = str(tmp_path / "synth")
     committed = write_synthesis_output(out)
-    assert [c.partition for c in shards.read_commits(out)] == [0, 1]
-    assert shards.committed_shard_uris(out, "accepted", "parquet") == [
+    assert [c.partition for c in read_commits(out)] == [0, 1]
+    assert committed_shard_uris(out, "accepted", "parquet") == [
         f"{out}/accepted/part-00000.parquet", f"{out}/accepted/part-00001.parquet"]
-    assert shards.committed_shard_uris(out, "accepted", "webdataset") == []
+    assert committed_shard_uris(out, "accepted", "webdataset") == []
     with pytest.raises(ValueError):
-        shards.committed_shard_uris(out, "everything", "parquet")
+        committed_shard_uris(out, "everything", "parquet")
 
     read = list(dataset.iter_samples(out))
     assert [s.id for s in read] == [s.id for s in committed]
@@ -125,17 +126,17 @@ def test_only_committed_shards_are_read_and_exported(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "rej" / "rejected.jsonl").read_text().splitlines()]
     assert rows[0]["meta_info"]["attempts"][0]["reasons"] == ["format"]
 
-    frame = pl.read_parquet(shards.committed_shard_uris(out, "accepted", "parquet"))
+    frame = pl.read_parquet(committed_shard_uris(out, "accepted", "parquet"))
     assert frame["provenance"].struct.field("attempts").to_list() == [2, 2, 2]
 
 
 def test_commit_records_are_write_once(tmp_path):
     out = str(tmp_path / "synth")
     write_synthesis_output(out)
-    original = storage.read_bytes(shards.commit_uri(out, 0))
-    refs = shards.read_commits(out)[1].shards
+    original = storage.read_bytes(commit_uri(out, 0))
+    refs = read_commits(out)[1].shards
     assert _commit(out, 0, refs) is False
-    assert storage.read_bytes(shards.commit_uri(out, 0)) == original
+    assert storage.read_bytes(commit_uri(out, 0)) == original
 
 
 def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:

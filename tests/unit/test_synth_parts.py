@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from engine.data.commits import existing_shards, read_commits
 from engine.data import shards
 from engine.backends.replay import ReplayBackend, load_store
 from engine.core.config import ConfigError, GenerationConfig, SynthConfig, VerifierConfig
@@ -119,7 +120,7 @@ def test_write_partition_commits_last_and_never_rewrites(tmp_path):
     other = next(cut_partitions([sample(5)], 4))
     with pytest.raises(InputChangedError):
         write_partition(out, finished(other, accept=set()))
-    assert totals(shards.read_commits(out))["accepted"] == 2
+    assert totals(read_commits(out))["accepted"] == 2
 
 
 def test_write_partition_removes_stale_uncommitted_shards(tmp_path):
@@ -251,14 +252,13 @@ def test_lost_work_is_told_apart_from_bugs():
 def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch):
     """With the writer's listing of existing shards, an empty shard kind costs a delete only when a
     file of an earlier try is there; the listing follows what each write adds and removes."""
-    from engine.synth import partition as partition_module
     from engine.data import storage
 
     out = tmp_path / "out"
     stale = out / "rejected" / "part-00001.parquet"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left by an interrupted run")
-    leftovers = partition_module.existing_shards(str(out))
+    leftovers = existing_shards(str(out))
     assert leftovers == {"rejected/part-00001.parquet"}
 
     removed = []
@@ -273,7 +273,7 @@ def test_known_leftovers_limit_deletes_to_files_that_exist(tmp_path, monkeypatch
     commit = write_partition(str(out), finished(second, accept={"s4", "s5", "s6", "s7"}), leftovers)
     assert removed == ["rejected/part-00001.parquet"] and not stale.exists()
     assert commit.rejected == 0 and "rejected/part-00001.parquet" not in leftovers
-    assert leftovers == partition_module.existing_shards(str(out))  # the listing stayed true
+    assert leftovers == existing_shards(str(out))  # the listing stayed true
 
 
 def test_a_failed_shard_write_leaves_the_partition_uncommitted(tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ def test_a_failed_shard_write_leaves_the_partition_uncommitted(tmp_path, monkeyp
     with pytest.raises(OSError, match="disk full"):
         write_partition(str(tmp_path / "out"), finished(partition, accept={"s0"}))
     assert not (tmp_path / "out" / "commits").exists()
-    assert shards.read_commits(str(tmp_path / "out")) == []
+    assert read_commits(str(tmp_path / "out")) == []
 
 
 def _request(key: str) -> GenerationRequest:
