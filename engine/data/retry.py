@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from engine.data.credentials import redact, s3_settings
 
@@ -79,22 +79,51 @@ def endpoint() -> str:
 
 def call(operation: Callable[[], T], what: str) -> T:
     """`operation()`, retried on transient faults for the window; `what` names it for the error line."""
-    window = window_seconds()
-    deadline = time.monotonic() + window
-    pause = _FIRST_PAUSE
+    backoff = _Backoff(what)
     while True:
         try:
             return operation()
         except Exception as err:  # noqa: BLE001 - only transient faults are retried
-            if not is_transient(err):
-                raise
-            if time.monotonic() + pause > deadline:
-                raise StorageUnavailableError(
-                    f"object storage at {endpoint()} was unreachable for {window:.0f}s ({what}: "
-                    f"{type(err).__name__}); what was committed is kept, and rerunning the same command "
-                    "resumes from there") from err
-        time.sleep(pause * random.uniform(0.8, 1.2))
-        pause = min(pause * 2, _MAX_PAUSE)
+            backoff.wait_or_raise(err)
+
+
+def resumed(read_from: Callable[[int], Iterator[T]], what: str) -> Iterator[T]:
+    """The items of `read_from(0)`. When a transient fault breaks the stream, `read_from(n)` goes on after
+    the n items already given, with backoff as in `call`; the window starts again once items flow."""
+    given, backoff = 0, _Backoff(what)
+    while True:
+        at_start = given
+        try:
+            for item in read_from(given):
+                yield item
+                given += 1
+            return
+        except Exception as err:  # noqa: BLE001 - only transient faults are retried
+            if given > at_start:
+                backoff = _Backoff(what)
+            backoff.wait_or_raise(err)
+
+
+class _Backoff:
+    """Pauses between tries of one operation, doubling up to _MAX_PAUSE, for at most the window."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.window = window_seconds()
+        self.deadline = time.monotonic() + self.window
+        self.pause = _FIRST_PAUSE
+
+    def wait_or_raise(self, err: Exception) -> None:
+        """Called in an `except` block: a fault that is not transient, or past the window, is raised."""
+        if not is_transient(err):
+            raise err
+        if time.monotonic() + self.pause > self.deadline:
+            raise StorageUnavailableError(
+                f"object storage at {endpoint()} was unreachable for {self.window:.0f}s ({self.what}: "
+                f"{type(err).__name__}); what was committed is kept, and rerunning the same command "
+                "resumes from there") from err
+        time.sleep(self.pause * random.uniform(0.8, 1.2))
+        self.pause = min(self.pause * 2, _MAX_PAUSE)
 
 
 def retried_on_s3(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.data import storage
+from engine.data import retry, storage
 from engine.core.types import SCHEMA_VERSION, QuarantineRecord, Sample, ShardRef, sha256_hex
 
 KINDS = ("accepted", "rejected", "quarantine")
@@ -230,11 +230,23 @@ def write_parquet(uri: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema
 
 
 def iter_parquet_rows(uri: str, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of one Parquet file as dicts, a few at a time (images stay out of memory until needed)."""
+    """Rows of one Parquet file as dicts, a few at a time (images stay out of memory until needed).
+    On S3, a transient fault mid-file reopens it and goes on after the rows already given."""
+    if not storage.is_s3(uri):
+        return _parquet_rows(uri, batch_size, columns, skip=0)
+    return retry.resumed(lambda skip: _parquet_rows(uri, batch_size, columns, skip),
+                         f"reading {storage.redact(uri)}")
+
+
+def _parquet_rows(uri: str, batch_size: int, columns: list[str] | None, skip: int) -> Iterator[dict[str, Any]]:
     fs, path = storage.fs_and_path(uri)
     with fs.open(path, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns):
-            yield from batch.to_pylist()
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            yield from batch.slice(skip).to_pylist()
+            skip = 0
 
 
 # ---------------------------------------------------------------- WebDataset
