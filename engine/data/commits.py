@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engine.core.types import PartitionCommit, ShardRef, sha256_hex
 from engine.data import shards, storage
+from engine.data.retry import retried_on_s3
 
 # (kind = folder, file suffix, format) of every shard a partition may have
 SHARD_LAYOUT = (
@@ -144,6 +145,7 @@ class ShardIntegrityError(ValueError):
     """A committed shard's bytes differ from the sha256 in its commit record."""
 
 
+@retried_on_s3("hashing")  # a fault mid-file hashes it again from the start
 def file_sha256(uri: str) -> str:
     digest = hashlib.sha256()
     fs, path = storage.fs_and_path(uri)

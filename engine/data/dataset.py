@@ -15,6 +15,7 @@ with a machine-readable code (see `reason_code`); nothing is dropped without a r
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from PIL import Image
 
 from engine.core import facs
 from engine.data.commits import commits_dir, committed_shard_uris
-from engine.data import shards, storage
+from engine.data import retry, shards, storage
 from engine.data.fields import (  # noqa: F401  (InvalidRecord, DEFAULT_QUESTION: part of this module's surface)
     DEFAULT_QUESTION, InvalidRecord, clean_question, normalize_aus, normalize_labels, previous_notes, typed_fields)
 from engine.data.png import png_complete, png_size
@@ -203,13 +204,19 @@ class RecordValidator:
 
 # ---------------------------------------------------------------- readers
 def _iter_lines(uri: str) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) for every non-blank line; undecodable bytes become U+FFFD (then bad_json)."""
+    """(1-based line number, text) for every non-blank line; undecodable bytes become U+FFFD (then bad_json).
+    On S3, a transient fault mid-file reopens it and goes on after the lines already given."""
+    if not storage.is_s3(uri):
+        return _lines(uri, skip=0)
+    return retry.resumed(lambda skip: _lines(uri, skip), f"reading {storage.redact(uri)}")
+
+
+def _lines(uri: str, skip: int) -> Iterator[tuple[int, str]]:
     fs, path = storage.fs_and_path(uri)
     with fs.open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if text.strip():
-                yield number, text
+        numbered = ((number, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+                    for number, raw in enumerate(f, start=1))
+        yield from itertools.islice(((number, text) for number, text in numbered if text.strip()), skip, None)
 
 
 def scan_label_sets(uri: str, dataset: str | None = None) -> dict[str, tuple[str, ...]]:

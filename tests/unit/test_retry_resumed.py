@@ -46,3 +46,15 @@ def test_a_stream_that_makes_no_progress_gives_up_after_the_window(monkeypatch):
         for item in retry.resumed(stream.read_from, "reading x"):
             given.append(item)
     assert given == [0, 1, 2, 3, 4] and set(stream.starts[1:]) == {5}
+
+
+def test_a_resumed_jsonl_read_skips_exactly_the_lines_given(tmp_path):
+    """What a reopened JSONL read skips: the non-blank lines already given, keeping their numbers."""
+    from engine.data import dataset
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"id": "a"}\n\n{"id": "b"}\n   \n{"id": "c"}\n{"id": "d"}\n')
+    every = list(dataset._iter_lines(str(path)))
+    assert [number for number, _ in every] == [1, 3, 5, 6]
+    for given in range(len(every) + 1):
+        assert list(dataset._lines(str(path), skip=given)) == every[given:]
