@@ -165,8 +165,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "s3://); replaces the config's sources.")
         s.add_argument("--weights", nargs="+", type=float, help="Mixing weight per --data source (default: equal).")
         s.add_argument("--resume", action="store_true", help="Continue from the last checkpoint in --out.")
-        s.add_argument("--format", choices=field_choices(DataSource, "format"), help="Shards read from synthesis outputs: Parquet "
-                       "(the default) or the WebDataset tars.")
+        s.add_argument("--format", choices=field_choices(DataSource, "format"),
+                       help="Shards read from synthesis outputs: Parquet (the default) or the WebDataset tars.")
         s.add_argument("--follow", action="store_true", help="Also train on partitions committed after training "
                        "started, until the synthesis job at --data has written its summary (one source).")
         s.add_argument("--follow-timeout", dest="follow_timeout", type=float, metavar="SECONDS",
