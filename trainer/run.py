@@ -24,9 +24,8 @@ def training_config(stage: str, *, data: Sequence[str] | None = None, weights: S
     --format, --follow and --follow-timeout apply to every source."""
     if stage not in SECTIONS:
         raise ValueError(f"unknown training stage {stage!r}; expected one of {sorted(SECTIONS)}")
-    overrides = {**(overrides or {}), **{key: value for key, value in
-                                         {"model.path": model, "out": out, "max_steps": max_steps}.items()
-                                         if value is not None}}
+    named = {"model.path": model, "out": out, "max_steps": max_steps}
+    overrides = {**(overrides or {}), **{key: value for key, value in named.items() if value is not None}}
     if data:
         if weights is not None and len(weights) != len(data):
             raise ValueError(f"{len(weights)} weights for {len(data)} data sources")
