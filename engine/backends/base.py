@@ -1,4 +1,4 @@
-"""The generator backend interface and its registry.
+"""The generator backend interface, `create`, and the helpers the backends share.
 
 A backend turns backend-neutral GenerationRequests (chat messages + one image) into completions.
 Backends are looked up by name in registry.py, which imports their modules only when one is created.
