@@ -137,7 +137,8 @@ def _features(stage: Stage):
 
 # ---------------------------------------------------------------- streams
 def check_sources(sources: Sequence[DataSource]) -> None:
-    """Settings that only a synthesis output can honour (ValueError otherwise), and one followed source at most."""
+    """Settings that only a synthesis output can honour (ValueError otherwise), and one followed source at most
+    (the trainer reads the others whole first)."""
     from trainer.partitions import is_synthesis_output
 
     for source in sources:
@@ -145,8 +146,9 @@ def check_sources(sources: Sequence[DataSource]) -> None:
                                       ("partitions", source.partitions is not None), ("follow", source.follow)) if on]
         if asks and not is_synthesis_output(source.uri):
             raise ValueError(f"{redact(source.uri)}: {', '.join(asks)} needs a synthesis output (commits/*.json)")
-    if any(source.follow for source in sources) and len(sources) > 1:
-        raise ValueError("--follow trains on one source: give a single --data synthesis output")
+    if sum(source.follow for source in sources) > 1:
+        raise ValueError("follow one synthesis output at most (the other sources are read whole first): with "
+                         "--follow, give a single --data synthesis output, or list the sources in the config")
 
 
 def source_samples(source: DataSource, stats: SourceStats) -> Iterator[Sample]:

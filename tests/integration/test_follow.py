@@ -140,6 +140,40 @@ def test_training_follows_a_running_job(where, request, tiny_model, faces, tmp_p
     assert (train_out / "merged" / "model.safetensors").exists()
 
 
+def test_a_config_reads_its_fixed_source_first_then_follows_the_job(tiny_model, faces, tmp_path):
+    """`data` lists a fixed source and a followed job: the fixed rows are trained first, then every
+    partition of the job once."""
+    out = str(tmp_path / "job")
+    job = HeldJob(faces, tmp_path, out, n=6, partition_size=3)
+    seed = str(faces / "samples.jsonl")
+    config = tmp_path / "fixed-then-followed.yaml"
+    config.write_text(yaml.safe_dump({"sft": {**SFT["sft"], "data": [
+        {"uri": seed}, {"uri": out, "follow": True, "follow_timeout": 600}]}}))
+    train_out = tmp_path / "train"
+    command = [sys.executable, "-m", "engine.cli", "train", "sft", "--config", str(config),
+               "--model", str(tiny_model), "--out", str(train_out)]
+    summary = _train_while_the_job_commits(command, train_out, job, tmp_path / "train.log")
+    fixed, followed = summary["data"]["sources"]
+    seed_rows = sum(1 for line in Path(seed).read_text().splitlines() if line.strip())
+    assert fixed["uri"] == seed and fixed["rows"] == seed_rows
+    assert followed["lead_rows_trained"] == seed_rows
+    assert sorted(followed["partitions"]) == sorted(job.accepted_by_partition()) and followed["rows"] == 6
+    assert summary["global_step"] == math.ceil((seed_rows + 6) / BATCH)
+
+
+def test_two_followed_sources_are_refused(tiny_model, tmp_path, capsys):
+    from engine.cli.main import main
+
+    jobs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "job.json").write_text("{}")  # what marks a synthesis output
+        jobs.append(str(tmp_path / name))
+    assert main(["train", "sft", "--data", *jobs, "--follow", "--model", str(tiny_model), "--out",
+                 str(tmp_path / "t")]) == 2
+    assert "follow one synthesis output at most" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=[pytest.mark.s3, pytest.mark.slow])])
 def test_killed_then_resumed_feeds_every_partition_once(where, request, tiny_model, faces, tmp_path):
     """Partitions of 3 rows (all accepted) and steps of 2: a kill at step 1 or 2 lands inside a
