@@ -47,14 +47,6 @@ def training_config(stage: str, *, data: Sequence[str] | None = None, weights: S
     return cfg
 
 
-def run_training(stage: str, data: Sequence[str] | None, model: str | None, out: str | None,
-                 config_path: str | None = None, resume: bool = False, max_steps: int | None = None,
-                 weights: Sequence[float] | None = None, **source_flags: Any) -> dict[str, Any]:
-    """`source_flags`: shard_format, follow, follow_timeout (see `training_config`)."""
-    return train(stage, training_config(stage, data=data, weights=weights, model=model, out=out,
-                                        config_path=config_path, max_steps=max_steps, **source_flags), resume=resume)
-
-
 def train(stage: str, cfg: SFTSection | GRPOSection, resume: bool = False) -> dict[str, Any]:
     """One SFT or GRPO run with a resolved config; its summary."""
     if not cfg.out:

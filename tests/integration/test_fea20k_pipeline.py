@@ -17,7 +17,7 @@ from engine.data.split import split_dataset
 from engine.synth.job import run_synth
 from tests.support.fea20k import build_fea20k_fixture
 from trainer.eval import eval_config, run_eval
-from trainer.run import run_training
+from trainer.run import train, training_config
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_train_on_the_seed_and_evaluate_on_the_test_split(prepared, tiny_model, 
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
         "max_steps": 2, "per_device_train_batch_size": 2, "precision": "fp32", "shuffle_buffer": 0,
         "save_steps": 2, "logging_steps": 1, "report_to": ["none"], "prompt_style": "facial-r1"}}))
-    summary = run_training("sft", data=[str(prepared["split"] / "seed")], model=str(tiny_model),
-                           out=str(tmp_path / "sft"), config_path=str(config))
+    summary = train("sft", training_config("sft", data=[str(prepared["split"] / "seed")], model=str(tiny_model),
+                                           out=str(tmp_path / "sft"), config_path=str(config)))
     assert summary["global_step"] == 2 and summary["data"]["rows"] == 6
 
     test = prepared["split"] / "test"

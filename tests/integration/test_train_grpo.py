@@ -15,7 +15,7 @@ from engine.core.prompts import make_request
 from engine.core.types import CheckpointRef, SamplingParams
 from engine.core.verifier import compute_scores
 from trainer.rewards import read_reward_records
-from trainer.run import run_training
+from trainer.run import train, training_config
 
 STEPS = 3
 GRPO = {"grpo": {
@@ -32,8 +32,9 @@ def grpo_run(tiny_model, faces, tmp_path_factory):
     config = root / "grpo.yaml"
     config.write_text(yaml.safe_dump(GRPO))
     out = root / "out"
-    summary = run_training("grpo", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
-                           config_path=str(config))
+    cfg = training_config("grpo", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
+                          config_path=str(config))
+    summary = train("grpo", cfg)
     return summary, out
 
 

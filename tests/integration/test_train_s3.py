@@ -9,7 +9,7 @@ import yaml
 
 from engine.data import storage
 from engine.data.dataset import import_fea20k
-from trainer.run import run_training
+from trainer.run import train, training_config
 
 
 @pytest.mark.s3
@@ -25,8 +25,8 @@ def test_sft_reads_model_and_data_from_s3(s3, tiny_model, faces, tmp_path, monke
     config.write_text(yaml.safe_dump({"sft": {"max_steps": 2, "per_device_train_batch_size": 2, "precision": "fp32",
                                               "report_to": ["none"], "shuffle_buffer": 0}}))
     out = tmp_path / "out"
-    summary = run_training("sft", data=[f"{prefix}/data"], model=f"{prefix}/model", out=str(out),
-                           config_path=str(config))
+    summary = train("sft", training_config("sft", data=[f"{prefix}/data"], model=f"{prefix}/model", out=str(out),
+                                           config_path=str(config)))
     # rows counts what the stream has delivered so far: 2 steps x 2 rows (+ TRL's first-row peek, prefetch)
     assert summary["global_step"] == 2 and 4 <= summary["data"]["rows"] <= 24
     checkpoint = json.loads((out / "checkpoint.json").read_text())

@@ -13,7 +13,7 @@ from engine.data.dataset import iter_samples
 from engine.core.prompts import make_request
 from engine.core.types import CheckpointRef, SamplingParams
 from trainer.common import TrainingError
-from trainer.run import run_training
+from trainer.run import train, training_config
 
 # LoRA on the attention plus a fully trained lm_head: a random tiny model's logits are too small for
 # attention adapters alone to move the loss far, a trained head makes the fall large and reliable.
@@ -31,8 +31,9 @@ def sft_run(tiny_model, faces, tmp_path_factory):
     eval_source = {"uri": str(faces / "samples.jsonl"), "weight": 1.0}
     config.write_text(yaml.safe_dump({"sft": {**SFT["sft"], "eval_data": [eval_source], "eval_steps": 8}}))
     out = root / "out"
-    summary = run_training("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
-                           config_path=str(config))
+    cfg = training_config("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
+                          config_path=str(config))
+    summary = train("sft", cfg)
     return summary, out, config
 
 
@@ -70,8 +71,8 @@ def test_sft_saves_adapter_and_a_merged_model_the_hf_backend_loads(sft_run, face
 def test_a_second_run_into_the_same_folder_needs_resume(sft_run, faces, tiny_model):
     _, out, config = sft_run
     with pytest.raises(TrainingError, match="--resume"):
-        run_training("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
-                     config_path=str(config))
+        train("sft", training_config("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model),
+                                     out=str(out), config_path=str(config)))
 
 
 def test_full_fine_tuning_keeps_a_frozen_vision_tower(tiny_model, faces, tmp_path):
@@ -84,8 +85,9 @@ def test_full_fine_tuning_keeps_a_frozen_vision_tower(tiny_model, faces, tmp_pat
         "lora": {"enabled": False}, "freeze_vision": True, "learning_rate": 1.0e-3, "max_steps": 2,
         "per_device_train_batch_size": 2, "precision": "fp32", "shuffle_buffer": 0, "report_to": ["none"]}}))
     out = tmp_path / "out"
-    summary = run_training("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
-                           config_path=str(config))
+    cfg = training_config("sft", data=[str(faces / "samples.jsonl")], model=str(tiny_model), out=str(out),
+                          config_path=str(config))
+    summary = train("sft", cfg)
     assert summary["checkpoint"]["adapter_uri"] is None and not (out / "adapter").exists()
     before = load_file(tiny_model / "model.safetensors")
     after = load_file(out / "merged" / "model.safetensors")
