@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from engine.cli import preflight
 from engine.core.config import dump_config, load_config
 
 DEST = "config_key:"  # argparse dest prefix of a config flag; the rest is the dotted key
@@ -149,7 +150,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve_config(args: argparse.Namespace, command: ConfigCommand, extra: dict[str, Any] | None = None) -> Any:
     """The command's config: the `--config` file's section (defaults without one), then the flags, then
-    `extra` (what the command sets from flags of its own)."""
+    `extra` (what the command sets from flags of its own). A missing `--config` file is a UsageError."""
+    preflight.check_config_file(args.config)
     overrides = {**flag_overrides(args), **(extra or {})}
     return load_config(command.schema, args.config, overrides, section=command.section if args.config else None)
 

@@ -111,7 +111,6 @@ def _synth(args: argparse.Namespace) -> int:
 
     from engine.synth.job import run_synth
 
-    preflight.check_config_file(args.config)
     cfg = resolve_config(args, SYNTH, {"hint": False} if args.no_hint else None)
     if print_config_if_asked(args, cfg):
         return 0
@@ -178,7 +177,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from trainer.eval import run_eval
 
-    preflight.check_config_file(args.config)
     cfg = resolve_config(args, EVAL)
     if print_config_if_asked(args, cfg):
         return 0
@@ -190,7 +188,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _loop(args: argparse.Namespace) -> int:
     from engine.loop.rounds import run_loop
 
-    preflight.check_config_file(args.config)
     cfg = resolve_config(args, LOOP)
     if print_config_if_asked(args, cfg):
         return 0

@@ -206,9 +206,7 @@ class RecordValidator:
 def _iter_lines(uri: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) for every non-blank line; undecodable bytes become U+FFFD (then bad_json).
     On S3, a transient fault mid-file reopens it and goes on after the lines already given."""
-    if not storage.is_s3(uri):
-        return _lines(uri, skip=0)
-    return retry.resumed(lambda skip: _lines(uri, skip), f"reading {storage.redact(uri)}")
+    return retry.resumed_on_s3(uri, lambda skip: _lines(uri, skip))
 
 
 def _lines(uri: str, skip: int) -> Iterator[tuple[int, str]]:

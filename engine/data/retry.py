@@ -87,6 +87,15 @@ def call(operation: Callable[[], T], what: str) -> T:
             backoff.wait_or_raise(err)
 
 
+def resumed_on_s3(uri: str, read_from: Callable[[int], Iterator[T]]) -> Iterator[T]:
+    """The items of `read_from(0)`, a stream read from `uri`. On S3, when a transient fault breaks the
+    stream, `read_from(n)` goes on after the n items already given (as `retried_on_s3` does for whole
+    calls); a local file is read once."""
+    if not os.fspath(uri).startswith("s3://"):
+        return read_from(0)
+    return resumed(read_from, f"reading {_shown(uri)}")
+
+
 def resumed(read_from: Callable[[int], Iterator[T]], what: str) -> Iterator[T]:
     """The items of `read_from(0)`. When a transient fault breaks the stream, `read_from(n)` goes on after
     the n items already given, with backoff as in `call`; the window starts again once items flow."""

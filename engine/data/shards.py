@@ -232,10 +232,7 @@ def write_parquet(uri: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema
 def iter_parquet_rows(uri: str, batch_size: int = 64, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Rows of one Parquet file as dicts, a few at a time (images stay out of memory until needed).
     On S3, a transient fault mid-file reopens it and goes on after the rows already given."""
-    if not storage.is_s3(uri):
-        return _parquet_rows(uri, batch_size, columns, skip=0)
-    return retry.resumed(lambda skip: _parquet_rows(uri, batch_size, columns, skip),
-                         f"reading {storage.redact(uri)}")
+    return retry.resumed_on_s3(uri, lambda skip: _parquet_rows(uri, batch_size, columns, skip))
 
 
 def _parquet_rows(uri: str, batch_size: int, columns: list[str] | None, skip: int) -> Iterator[dict[str, Any]]:
