@@ -10,6 +10,7 @@ Partition ids are the commit records' names: partition 3 is "part-00003".
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -82,8 +83,8 @@ def partition_samples(uri: str, commit: PartitionCommit, fmt: str, seen_ids: set
     skipped: Counter[str] = Counter()
     for index, (record, image) in enumerate(_wds_records(data, shard_uri) if fmt == "wds"
                                               else _parquet_records(data)):
-        raw = json.dumps(record, default=str)[:2000]
-        item = validator.from_record(record, index, raw, lambda _rel, img=image: img,
+        item = validator.from_record(record, index, functools.partial(json.dumps, record, default=str),
+                                     lambda _rel, img=image: img,
                                      expected_sha256=record.get("image_sha256"))
         if isinstance(item, Sample):
             yield item

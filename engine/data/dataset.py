@@ -14,6 +14,7 @@ with a machine-readable code (see `reason_code`); nothing is dropped without a r
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -143,9 +144,13 @@ class RecordValidator:
     # Per dataset name: the source's answer labels (see `scan_label_sets`); stored rows carry their own.
     label_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def quarantine(self, line: int, reason: str, raw: str, sample_id: str | None = None) -> QuarantineRecord:
+    def quarantine(self, line: int, reason: str, raw: str | Callable[[], str],
+                   sample_id: str | None = None) -> QuarantineRecord:
+        """`raw`: the record's text, or a function that makes it (a stored row is summarised as text
+        only when it is quarantined: most rows never are, and the summary costs as much as the checks)."""
+        text = raw() if callable(raw) else raw
         return QuarantineRecord(source=storage.redact(self.source), line=line, sample_id=sample_id,
-                                reason=reason, raw=raw[:RAW_LIMIT])
+                                reason=reason, raw=text[:RAW_LIMIT])
 
     def from_json_line(self, text: str, line: int, load_image: Callable[[str], bytes]) -> Sample | QuarantineRecord:
         try:
@@ -154,7 +159,7 @@ class RecordValidator:
             return self.quarantine(line, f"bad_json: {err}", text)
         return self.from_record(obj, line, text, load_image)
 
-    def from_record(self, obj: Any, line: int, raw: str, load_image: Callable[[str], bytes],
+    def from_record(self, obj: Any, line: int, raw: str | Callable[[], str], load_image: Callable[[str], bytes],
                     expected_sha256: str | None = None) -> Sample | QuarantineRecord:
         sample_id = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
         try:
@@ -265,7 +270,8 @@ def _iter_sample_rows(part_uris: list[str], full_image_check: bool = True) -> It
                 continue
             image = row.get("image")
             load = (lambda _rel, data=image: bytes(data)) if image is not None else _missing_image
-            yield validator.from_record(record, index, _row_summary(row), load, expected_sha256=row.get("image_sha256"))
+            yield validator.from_record(record, index, functools.partial(_row_summary, row), load,
+                                        expected_sha256=row.get("image_sha256"))
 
 
 def _missing_image(rel: str) -> bytes:

@@ -176,6 +176,9 @@ def test_stored_rows_are_rechecked_on_load(tmp_path):
     items = list(dataset.load_input(str(tmp_path)))
     assert items[0] == sample
     assert isinstance(items[1], QuarantineRecord) and items[1].reason == "image_sha256_mismatch"
+    # the record names the row as stored, without its image bytes
+    raw = json.loads(items[1].raw)
+    assert raw["id"] == "b" and raw["image_sha256"] == sample.image_sha256 and "image" not in raw
 
 
 def test_an_id_repeated_in_a_later_part_is_a_duplicate(tmp_path):
