@@ -49,8 +49,9 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 # On one machine, a call's arguments up to this size travel inside the call, copied once, instead of
 # through the shared-memory object store (create, copy, seal, pin, release: several round trips to the
 # raylet per call). A generation batch with its images (about 0.5 MB) and a finished partition (2 MB)
-# are then passed inline; the replay pipeline ran 9% faster (bench/results/analyses.jsonl). Ray's
-# default, 100 KiB, suits a cluster, where the object store also moves data between nodes.
+# are then passed inline (the replay pipeline: 9% faster on average over five alternating pairs, within
+# a wide spread; bench/results/analyses.jsonl). Ray's default, 100 KiB, suits a cluster, where the object
+# store also moves data between nodes.
 _LOCAL_INLINE_BYTES = 8 * 1024 * 1024
 
 # Ray starts at most one worker process per CPU at a time, so on a 2-core machine a job's generator,
