@@ -222,8 +222,8 @@ class Scheduler:
                 self.pending.add_retry(retry, batch.generator)
 
     def _requeue(self, batch: Batch, err: BaseException) -> None:
-        log.warning("generator %d lost %d in-flight requests (%s); re-queued while it restarts",
-                    batch.generator, len(batch.requests), type(err).__name__)
+        log.warning("%d in-flight requests of generator %d and filter %d lost (%s); re-queued while the "
+                    "dead actor restarts", len(batch.requests), batch.generator, batch.filter, type(err).__name__)
         # Either actor of the pipeline may be the one that died: both wait for a probe (a live one
         # answers at once). Calls to a restarting actor fail at once, so nothing is sent meanwhile.
         for actor in (("generator", batch.generator), ("filter", batch.filter)):
