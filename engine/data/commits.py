@@ -36,7 +36,7 @@ def commits_dir(out_prefix: str) -> str:
 
 
 def commit_uri(out_prefix: str, partition: int) -> str:
-    return storage.join(out_prefix, "commits", f"part-{partition:05d}.json")
+    return storage.join(commits_dir(out_prefix), f"part-{partition:05d}.json")
 
 
 def shard_path(kind: str, partition: int, suffix: str) -> str:

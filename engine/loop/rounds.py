@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from engine.loop import placement
 from engine.loop.console import stage
-from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config, load_config
+from engine.core.config import GRPOSection, LoopConfig, ModelConfig, SFTSection, dump_config
 from engine.data import storage
 from engine.loop.report import StageEval, build_summary, write_run_report
 
